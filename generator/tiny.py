@@ -1,0 +1,157 @@
+"""A tiny random-weight Stable Diffusion, built offline from configs.
+
+Nothing here is downloaded: the tokenizer, text encoder, UNet and VAE are made in code with random weights. The
+pipeline runs end to end on a CPU in well under a second per step at 64×64, which is what the tests and the demo
+need when no real model is available. **Its images are not meaningful**: they are noise shaped by random weights,
+good for checking shapes, determinism, seams and data flow, never for judging image quality.
+
+Sizes (``vae_scale_factor = 2``): a 64×64 request gives a 32×32 latent and 16×16 cross-attention maps from four
+layers (``down_blocks.1``, ``mid_block``, ``up_blocks.0`` ×2); a 64×128 request gives 16×32 maps.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
+
+    from generator.mask_guided_pipeline import MaskGuidedStableDiffusionPipeline
+
+#: Words that become single tokens in the offline tokenizer, so that typical scene prompts stay well under the
+#: 77-token limit; any other word still tokenizes, one byte per token.
+TINY_VOCABULARY_WORDS: tuple[str, ...] = (
+    "a", "an", "the", "and", "with", "of", "on", "in", "at", "by", "near", "under", "between", "behind", "along",
+    "red", "blue", "green", "white", "black", "gray", "grey", "brown", "yellow", "dark", "bright", "sunny", "cloudy",
+    "tall", "small", "large", "old", "modern", "wooden", "open", "empty", "busy", "quiet", "snowy", "rocky",
+    "car", "cars", "bus", "truck", "bicycle", "vehicle", "road", "asphalt", "street", "sidewalk", "crosswalk",
+    "traffic", "light", "sign", "pole", "fence", "wall", "building", "buildings", "house", "houses", "city",
+    "person", "people", "pedestrian", "pedestrians", "walking", "driving", "parked",
+    "sky", "cloud", "clouds", "sun", "tree", "trees", "vegetation", "grass", "terrain", "mountain", "mountains",
+    "hill", "hills", "valley", "forest", "rock", "rocks", "snow", "lake", "river", "water", "path", "trail",
+    "room", "living", "indoor", "interior", "sofa", "couch", "table", "chair", "chairs", "lamp", "floor",
+    "window", "windows", "bed", "kitchen", "shelf", "rug", "plant", "ceiling", "door",
+    "photo", "photograph", "view", "scene", "landscape", "panorama", "realistic", "detailed",
+    "blurry", "distorted", "low", "high", "quality", "lowres", "text", "watermark",
+)  # fmt: skip
+
+
+def offline_clip_tokenizer() -> CLIPTokenizer:
+    """Build a small byte-level CLIP tokenizer in code, without any download.
+
+    Returns
+    -------
+    transformers.CLIPTokenizer
+        Vocabulary: the two CLIP special tokens, the 256 byte symbols with and without the end-of-word suffix,
+        and the merge products that turn each word of :data:`TINY_VOCABULARY_WORDS` into one token.
+        ``model_max_length`` is 77 as in CLIP.
+
+    Notes
+    -----
+    Each listed word gets the left-to-right merges ``w[0] w[1] → w[:2]``, ``w[:2] w[2] → w[:3]``, … with the
+    end-of-word suffix on the last symbol. Every merge product is in the vocabulary, so any text tokenizes to
+    known ids even when merges of different words compete.
+    """
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    bytes_alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {}
+    for token in ["<|startoftext|>", "<|endoftext|>", *bytes_alphabet, *(c + "</w>" for c in bytes_alphabet)]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in TINY_VOCABULARY_WORDS:
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        merged = symbols[0]
+        for symbol in symbols[1:]:
+            if (merged, symbol) not in merges:
+                merges.append((merged, symbol))
+            merged += symbol
+            vocab.setdefault(merged, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def tiny_sd_components(seed: int = 0) -> dict:
+    """Build the components of a tiny random-weight Stable Diffusion pipeline.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the weight initialisation; the same seed gives the same weights. The global torch RNG state is
+        left as it was.
+
+    Returns
+    -------
+    dict
+        ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` (DDIM), ``safety_checker=None``,
+        ``feature_extractor=None``, ``image_encoder=None``: the keyword arguments of
+        ``StableDiffusionPipeline(...)`` and of its subclasses. Default image size 64×64.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = offline_clip_tokenizer()
+    # diffusers initialises weights from the global RNG; forking keeps the caller's RNG state untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=(2, 4),
+        )
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(
+            block_out_channels=[32, 64],
+            in_channels=3,
+            out_channels=3,
+            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+            latent_channels=4,
+        )
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                hidden_size=32,
+                intermediate_size=37,
+                layer_norm_eps=1e-05,
+                num_attention_heads=4,
+                num_hidden_layers=5,
+                max_position_embeddings=tokenizer.model_max_length,
+                vocab_size=len(tokenizer),
+            )
+        )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return {
+        "unet": unet.eval(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
+
+
+def tiny_mask_guided_pipeline(seed: int = 0) -> MaskGuidedStableDiffusionPipeline:
+    """The mask-guided pipeline on :func:`tiny_sd_components` (placeholder images, not meaningful)."""
+    from generator.mask_guided_pipeline import MaskGuidedStableDiffusionPipeline
+
+    return MaskGuidedStableDiffusionPipeline(**tiny_sd_components(seed), requires_safety_checker=False)

@@ -155,3 +155,54 @@ def tiny_mask_guided_pipeline(seed: int = 0) -> MaskGuidedStableDiffusionPipelin
     from generator.mask_guided_pipeline import MaskGuidedStableDiffusionPipeline
 
     return MaskGuidedStableDiffusionPipeline(**tiny_sd_components(seed), requires_safety_checker=False)
+
+
+def tiny_controlnet(seed: int = 0, conditioning_channels: int = 4):
+    """A random-weight ControlNet that fits the UNet of :func:`tiny_sd_components`.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the weight initialisation (the global torch RNG state is left as it was).
+    conditioning_channels : int
+        4 for a mask + RGB control (Diffusion360's ``sd-i2p`` layout), 3 for an RGB control with masked pixels
+        at −1 (``control_v11p_sd15_inpaint``).
+
+    Returns
+    -------
+    diffusers.ControlNetModel
+        Its conditioning embedding halves the resolution once, as the tiny VAE does (``vae_scale_factor = 2``).
+    """
+    import torch
+    from diffusers import ControlNetModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 3)
+        controlnet = ControlNetModel(
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            in_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=(2, 4),
+            conditioning_embedding_out_channels=(16, 32),
+            conditioning_channels=conditioning_channels,
+        )
+    return controlnet.eval()
+
+
+def tiny_rrdb_state_dict(scale: int = 4, num_filters: int = 8, num_blocks: int = 1, seed: int = 0) -> dict:
+    """The state dict of a random-weight Real-ESRGAN RRDBNet, in the official key layout.
+
+    ``num_filters=64, num_blocks=23`` gives the size of ``RealESRGAN_x4plus.pth``; the defaults give a net that
+    runs a 64×128 image in well under a second on a CPU. spandrel detects architecture and scale from the keys.
+    """
+    import torch
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 4)
+        # Real-ESRGAN's x2/x1 nets pixel-unshuffle their input so that the trunk always upsamples ×4.
+        shuffle = 4 // scale if scale < 4 else None
+        net = ESRGAN(num_filters=num_filters, num_blocks=num_blocks, scale=scale, shuffle_factor=shuffle)
+    return net.state_dict()

@@ -1,0 +1,443 @@
+"""Study protocols: a TOML file that defines a whole subjective study, validated into frozen dataclasses.
+
+A protocol holds everything a lab may want to change without touching code: scenes, rating scales with
+every item's wording and anchor labels, exposure time, pose sampling rate, instructions, training stimuli,
+break rule and the simulator sickness questionnaire (SSQ). ``protocols/README.md`` documents the format;
+``protocols/dong2025.toml`` reproduces the study of Dong et al.
+
+Every problem is reported as one :class:`~study.errors.ProtocolError` line of the form
+``<file>: <key.path>: <what is wrong>; <how to fix it>``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from study.errors import ProtocolError
+
+SCHEMA_VERSION = 1
+"""The newest protocol ``schema_version`` this code reads."""
+
+DEFAULT_PROTOCOL: Path = Path(__file__).resolve().parent.parent / "protocols" / "dong2025.toml"
+"""The shipped protocol that reproduces the study of Dong et al."""
+
+MAX_POSE_RATE_HZ = 90.0
+"""Headsets such as the HTC VIVE Pro Eye refresh at 90 Hz; sampling poses faster only repeats frames."""
+
+SSQ_ITEM_COUNT = 16
+"""Kennedy et al. (1993) scoring weights index the 16 items by position, so the count is fixed."""
+
+SSQ_VALUES = (0, 1, 2, 3)
+"""SSQ answers are zero-based (0 None ... 3 Severe); the scoring formulas assume it."""
+
+# Ids end up in step keys such as "trial/12/VAR/clarity" and in CSV columns, so keep them plain.
+_ID = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+@dataclass(frozen=True)
+class ScaleItem:
+    """One rated item of a scale.
+
+    Attributes
+    ----------
+    id : str
+        Identifier within its scale, e.g. ``"overall"``, ``"clarity"``, ``"distorted_natural"``.
+    question : str
+        Wording shown to the participant.
+    labels : Mapping[int, str]
+        Anchor labels by value, ascending; always includes the scale's minimum and maximum.
+    """
+
+    id: str
+    question: str
+    labels: Mapping[int, str]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A rating scale: integer values ``min..max`` and the items rated on it."""
+
+    id: str
+    name: str
+    min: int
+    max: int
+    items: tuple[ScaleItem, ...]
+
+
+@dataclass(frozen=True)
+class SsqSpec:
+    """The Simulator Sickness Questionnaire (Kennedy et al., 1993) as asked before and/or after a session."""
+
+    items: tuple[str, ...]
+    labels: Mapping[int, str]
+    question: str
+    before: bool
+    after: bool
+
+
+@dataclass(frozen=True)
+class BreakRule:
+    """When to pause: after every ``every_trials`` test trials and/or after ``every_minutes`` since the last
+    break (the engine checks the time at trial boundaries). ``None`` switches that criterion off."""
+
+    every_trials: int | None
+    every_minutes: float | None
+    min_duration_s: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Training:
+    """Training trials shown before the test trials; their answers are flagged and left out of analysis."""
+
+    stimuli: tuple[str, ...]
+    instructions: str
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A validated study protocol; build it with :func:`load_protocol` or :func:`parse_protocol`."""
+
+    schema_version: int
+    name: str
+    version: str
+    seed: int
+    participants: int
+    scenes: tuple[str, ...]
+    scales: tuple[Scale, ...]
+    exposure_s: float
+    pose_rate_hz: float
+    instructions: str
+    training: Training
+    breaks: BreakRule
+    ssq: SsqSpec
+    source_text: str
+    sha256: str
+
+    def scale(self, scale_id: str) -> Scale:
+        """Return the scale with id ``scale_id``.
+
+        Raises
+        ------
+        ProtocolError
+            If the protocol has no such scale; the message lists the known ones.
+        """
+        for scale in self.scales:
+            if scale.id == scale_id:
+                return scale
+        known = ", ".join(s.id for s in self.scales)
+        raise ProtocolError(
+            f"protocol '{self.name}': scales: unknown scale '{scale_id}'; use one of {known}"
+        )
+
+
+def load_protocol(path: str | Path) -> Protocol:
+    """Read and validate a protocol TOML file.
+
+    Relative training stimulus paths are resolved against the folder of ``path``.
+
+    Raises
+    ------
+    ProtocolError
+        If the file cannot be read or any part of it is invalid.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProtocolError(f"{path}: file not found; check the path or use {DEFAULT_PROTOCOL}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"{path}: cannot be read ({exc}); make it a readable UTF-8 text file") from None
+    return parse_protocol(text, source=str(path), base_dir=path.resolve().parent)
+
+
+def parse_protocol(text: str, source: str = "<string>", *, base_dir: str | Path | None = None) -> Protocol:
+    """Validate protocol TOML ``text``; ``source`` names it in error messages.
+
+    Parameters
+    ----------
+    text : str
+        The TOML document.
+    source : str
+        File name (or another label) used as the first part of every error message.
+    base_dir : str or Path, optional
+        Folder that relative training stimulus paths are resolved against; the current directory if omitted.
+
+    Raises
+    ------
+    ProtocolError
+        ``"<source>: <key.path>: <what is wrong>; <how to fix it>"`` for the first problem found.
+    """
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        where = _TOML_POSITION.search(str(exc))
+        reason = _TOML_POSITION.sub("", str(exc)).strip()
+        at = f"line {where.group(1)}, column {where.group(2)}" if where else "document"
+        raise ProtocolError(f"{source}: {at}: invalid TOML ({reason}); fix the syntax there") from None
+    reader = _Reader(source, Path(base_dir) if base_dir is not None else Path.cwd())
+    return reader.protocol(doc, text)
+
+
+class _Reader:
+    """Walks the parsed TOML document, keeping the key path for error messages."""
+
+    def __init__(self, source: str, base_dir: Path):
+        self.source = source
+        self.base_dir = base_dir
+
+    def fail(self, key: str, what: str, fix: str) -> ProtocolError:
+        return ProtocolError(f"{self.source}: {key}: {what}; {fix}")
+
+    # -- generic accessors -------------------------------------------------------------------------------
+
+    def table(self, parent: Mapping[str, Any], key: str, path: str, allowed: tuple[str, ...]) -> dict:
+        value = self.get(parent, key, path, dict, "a table")
+        self.no_unknown(value, _join(path, key), allowed)
+        return value
+
+    def no_unknown(self, table: Mapping[str, Any], path: str, allowed: tuple[str, ...]) -> None:
+        for key in table:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                fix = f"did you mean '{close[0]}'?" if close else f"allowed keys are {', '.join(allowed)}"
+                raise self.fail(_join(path, key), "unknown key", fix)
+
+    def get(self, parent: Mapping[str, Any], key: str, path: str, kind: type | tuple, what: str,
+            default: Any = ...) -> Any:
+        full = _join(path, key)
+        if key not in parent:
+            if default is not ...:
+                return default
+            raise self.fail(full, "missing", f"add {key} = <{what}>")
+        value = parent[key]
+        # bool is a subclass of int in Python; a protocol never means true when it says a number.
+        if isinstance(value, bool) and bool not in _as_tuple(kind):
+            raise self.fail(full, f"expected {what}, got a boolean", f"write {what}")
+        if not isinstance(value, kind):
+            raise self.fail(full, f"expected {what}, got {_toml_type(value)} {value!r}", f"write {what}")
+        return value
+
+    def text(self, parent: Mapping[str, Any], key: str, path: str) -> str:
+        value = self.get(parent, key, path, str, "a string")
+        if not value.strip():
+            raise self.fail(_join(path, key), "is empty", "write the text to show")
+        # Multi-line TOML strings end with a newline that no panel should show.
+        return value.strip()
+
+    def identifier(self, parent: Mapping[str, Any], key: str, path: str) -> str:
+        value = self.get(parent, key, path, str, "a string")
+        if not _ID.fullmatch(value):
+            raise self.fail(_join(path, key), f"'{value}' is not a valid id",
+                            "use a letter followed by letters, digits, '_' or '-'")
+        return value
+
+    def number(self, parent: Mapping[str, Any], key: str, path: str, default: Any = ...) -> float | None:
+        value = self.get(parent, key, path, (int, float), "a number", default)
+        return None if value is None else float(value)
+
+    def labels(self, raw: Any, path: str, allowed: range) -> dict[int, str]:
+        if not isinstance(raw, dict):
+            raise self.fail(path, f"expected a table of value = \"label\", got {_toml_type(raw)}",
+                            "write e.g. labels = { 1 = \"Bad\", 5 = \"Excellent\" }")
+        if not raw:
+            raise self.fail(path, "no labels", "give at least the labels of the lowest and highest value")
+        labels: dict[int, str] = {}
+        for key, label in raw.items():
+            full = _join(path, key)
+            try:
+                value = int(key)
+            except ValueError:
+                raise self.fail(full, f"label key '{key}' is not an integer value",
+                                "use the rated value as the key, e.g. 5 = \"Excellent\"") from None
+            if value not in allowed:
+                raise self.fail(full, f"value {value} is outside {allowed.start}..{allowed.stop - 1}",
+                                "label only values the scale can take, or widen min/max")
+            if not isinstance(label, str) or not label.strip():
+                raise self.fail(full, "label must be a non-empty string", "write the anchor text in quotes")
+            labels[value] = label
+        return dict(sorted(labels.items()))
+
+    # -- the sections ------------------------------------------------------------------------------------
+
+    def protocol(self, doc: dict, text: str) -> Protocol:
+        version = self.get(doc, "schema_version", "", int, "an integer")
+        if version > SCHEMA_VERSION:
+            raise self.fail("schema_version", f"the file needs schema_version {version}, "
+                            f"this panostudy reads up to {SCHEMA_VERSION}", "upgrade panostudy")
+        if version < 1:
+            raise self.fail("schema_version", f"{version} is not a schema version",
+                            f"set schema_version = {SCHEMA_VERSION}")
+        self.no_unknown(doc, "", ("schema_version", "name", "version", "seed", "participants", "scenes",
+                                  "exposure_s", "pose_rate_hz", "instructions", "training", "breaks", "ssq",
+                                  "scales"))
+
+        seed = self.get(doc, "seed", "", int, "an integer")
+        if seed < 0:
+            raise self.fail("seed", f"{seed} is negative", "use an integer >= 0")
+        participants = self.get(doc, "participants", "", int, "an integer")
+        if participants < 1:
+            raise self.fail("participants", f"{participants} is not a number of participants",
+                            "plan at least 1 participant")
+        exposure = self.number(doc, "exposure_s", "")
+        if not exposure > 0:
+            raise self.fail("exposure_s", f"{exposure:g} s is not a positive time",
+                            "show each stimulus for a positive number of seconds (P.919: 10-30 s)")
+        rate = self.number(doc, "pose_rate_hz", "", 30.0)
+        if not 0 < rate <= MAX_POSE_RATE_HZ:
+            raise self.fail("pose_rate_hz", f"{rate:g} Hz is outside (0, {MAX_POSE_RATE_HZ:g}]",
+                            "sample head poses at most at the headset's 90 Hz frame rate")
+
+        return Protocol(
+            schema_version=version,
+            name=self.identifier(doc, "name", ""),
+            version=self.text(doc, "version", ""),
+            seed=seed,
+            participants=participants,
+            scenes=self.scenes(doc),
+            scales=self.scales(doc),
+            exposure_s=exposure,
+            pose_rate_hz=rate,
+            instructions=self.text(doc, "instructions", ""),
+            training=self.training(doc),
+            breaks=self.breaks(doc),
+            ssq=self.ssq(doc),
+            source_text=text,
+            sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        )
+
+    def scenes(self, doc: dict) -> tuple[str, ...]:
+        raw = self.get(doc, "scenes", "", list, "a list of scene names")
+        if not raw:
+            raise self.fail("scenes", "is empty", "list the scene names, e.g. scenes = [\"indoor\", \"street\"]")
+        scenes: list[str] = []
+        for i, name in enumerate(raw):
+            if not isinstance(name, str) or not _ID.fullmatch(name):
+                raise self.fail(f"scenes[{i}]", f"{name!r} is not a valid scene name",
+                                "use a letter followed by letters, digits, '_' or '-'")
+            if name in scenes:
+                raise self.fail(f"scenes[{i}]", f"scene '{name}' is listed twice", "list each scene once")
+            scenes.append(name)
+        return tuple(scenes)
+
+    def scales(self, doc: dict) -> tuple[Scale, ...]:
+        raw = self.get(doc, "scales", "", list, "an array of [[scales]] tables")
+        if not raw:
+            raise self.fail("scales", "is empty", "define at least one [[scales]] table")
+        scales: list[Scale] = []
+        for i, entry in enumerate(raw):
+            path = f"scales[{i}]"
+            if not isinstance(entry, dict):
+                raise self.fail(path, f"expected a table, got {_toml_type(entry)}", "write it as [[scales]]")
+            self.no_unknown(entry, path, ("id", "name", "min", "max", "items"))
+            scale_id = self.identifier(entry, "id", path)
+            if any(s.id == scale_id for s in scales):
+                raise self.fail(_join(path, "id"), f"scale '{scale_id}' is defined twice", "give each scale its own id")
+            low = self.get(entry, "min", path, int, "an integer")
+            high = self.get(entry, "max", path, int, "an integer")
+            if low >= high:
+                raise self.fail(_join(path, "min"), f"min {low} is not below max {high}", "make min < max")
+            scales.append(Scale(id=scale_id, name=self.text(entry, "name", path), min=low, max=high,
+                                items=self.items(entry, path, range(low, high + 1))))
+        return tuple(scales)
+
+    def items(self, scale: dict, path: str, values: range) -> tuple[ScaleItem, ...]:
+        raw = self.get(scale, "items", path, list, "an array of [[scales.items]] tables")
+        if not raw:
+            raise self.fail(_join(path, "items"), "is empty", "define at least one [[scales.items]] table")
+        items: list[ScaleItem] = []
+        for j, entry in enumerate(raw):
+            item_path = f"{path}.items[{j}]"
+            if not isinstance(entry, dict):
+                raise self.fail(item_path, f"expected a table, got {_toml_type(entry)}",
+                                "write it as [[scales.items]]")
+            self.no_unknown(entry, item_path, ("id", "question", "labels"))
+            item_id = self.identifier(entry, "id", item_path)
+            if any(it.id == item_id for it in items):
+                raise self.fail(_join(item_path, "id"), f"item '{item_id}' appears twice in this scale",
+                                "give each item of a scale its own id")
+            if "labels" not in entry:
+                raise self.fail(_join(item_path, "labels"), "item has no labels",
+                                f"add labels = {{ {values.start} = \"...\", {values.stop - 1} = \"...\" }}")
+            labels = self.labels(entry["labels"], _join(item_path, "labels"), values)
+            for end in (values.start, values.stop - 1):
+                if end not in labels:
+                    raise self.fail(_join(item_path, "labels"), f"no label for the end value {end}",
+                                    "label at least both ends of the scale")
+            items.append(ScaleItem(id=item_id, question=self.text(entry, "question", item_path), labels=labels))
+        return tuple(items)
+
+    def training(self, doc: dict) -> Training:
+        section = self.table(doc, "training", "", ("stimuli", "instructions"))
+        raw = self.get(section, "stimuli", "training", list, "a list of image paths")
+        stimuli: list[str] = []
+        for i, entry in enumerate(raw):
+            key = f"training.stimuli[{i}]"
+            if not isinstance(entry, str) or not entry.strip():
+                raise self.fail(key, f"expected an image path, got {entry!r}", "write the path in quotes")
+            path = (self.base_dir / entry).resolve()
+            if not path.is_file():
+                raise self.fail(key, f"training stimulus {path} does not exist",
+                                "fix the path (relative paths start at the protocol's folder) or add the file")
+            if str(path) in stimuli:
+                raise self.fail(key, f"{entry} is listed twice", "list each training stimulus once")
+            stimuli.append(str(path))
+        return Training(stimuli=tuple(stimuli), instructions=self.text(section, "instructions", "training"))
+
+    def breaks(self, doc: dict) -> BreakRule:
+        section = self.table(doc, "breaks", "", ("every_trials", "every_minutes", "min_duration_s", "text"))
+        every_trials = self.get(section, "every_trials", "breaks", int, "an integer", None)
+        if every_trials is not None and every_trials < 1:
+            raise self.fail("breaks.every_trials", f"{every_trials} is not a trial count",
+                            "use an integer >= 1, or leave the key out for no count-based breaks")
+        every_minutes = self.number(section, "every_minutes", "breaks", None)
+        if every_minutes is not None and not every_minutes > 0:
+            raise self.fail("breaks.every_minutes", f"{every_minutes:g} is not a positive time",
+                            "use minutes > 0, or leave the key out for no time-based breaks")
+        minimum = self.number(section, "min_duration_s", "breaks")
+        if minimum < 0:
+            raise self.fail("breaks.min_duration_s", f"{minimum:g} s is negative", "use seconds >= 0")
+        return BreakRule(every_trials=every_trials, every_minutes=every_minutes, min_duration_s=minimum,
+                         text=self.text(section, "text", "breaks"))
+
+    def ssq(self, doc: dict) -> SsqSpec:
+        section = self.table(doc, "ssq", "", ("items", "labels", "question", "before", "after"))
+        raw = self.get(section, "items", "ssq", list, "a list of 16 symptom names")
+        if len(raw) != SSQ_ITEM_COUNT:
+            raise self.fail("ssq.items", f"has {len(raw)} items, the SSQ has {SSQ_ITEM_COUNT}",
+                            "list the 16 symptoms in the order of Kennedy et al. (1993)")
+        for i, symptom in enumerate(raw):
+            if not isinstance(symptom, str) or not symptom.strip():
+                raise self.fail(f"ssq.items[{i}]", f"expected a symptom name, got {symptom!r}",
+                                "write the symptom in quotes")
+        if "labels" not in section:
+            raise self.fail("ssq.labels", "missing", "add labels = { 0 = \"None\", 1 = \"Slight\", "
+                            "2 = \"Moderate\", 3 = \"Severe\" }")
+        labels = self.labels(section["labels"], "ssq.labels", range(SSQ_VALUES[0], SSQ_VALUES[-1] + 1))
+        if tuple(labels) != SSQ_VALUES:
+            raise self.fail("ssq.labels", f"labels values {list(labels)}, the SSQ needs 0, 1, 2, 3",
+                            "label 0 None, 1 Slight, 2 Moderate, 3 Severe (zero-based)")
+        return SsqSpec(items=tuple(raw), labels=labels, question=self.text(section, "question", "ssq"),
+                       before=self.get(section, "before", "ssq", bool, "true or false"),
+                       after=self.get(section, "after", "ssq", bool, "true or false"))
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _as_tuple(kind: type | tuple) -> tuple:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _toml_type(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array",
+             dict: "a table"}
+    return names.get(type(value), type(value).__name__)

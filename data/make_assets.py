@@ -120,7 +120,7 @@ class Layout:
     labels : (SIZE, SIZE) uint8
         Legend index per pixel (position in ``SCENE_LABELS[scene]`` + 1).
     instances : (SIZE, SIZE) int32
-        Index into ``shapes_by_instance`` of the instance that owns each pixel.
+        Index into ``instance_keys`` of the instance that owns each pixel.
     instance_keys : list of (label, instance)
         Key of each instance index.
     instance_polygons : dict
@@ -201,16 +201,12 @@ def _facades(rng: np.random.Generator, horizon: float, vx: float, top_min: float
         bounds = [min(edge, inner), *xs.tolist(), max(edge, inner)]
         for xa, xb in zip(bounds[:-1], bounds[1:]):
             top = rng.uniform(top_min, top_max)
-
-            def ground(x: float) -> float:
-                return horizon + abs(x - vx) * ground_slope
-
-            def roof(x: float) -> float:
-                # Rooflines fall toward the vanishing point, so nearer (outer) parts look taller.
-                return top + (horizon - top) * (1 - abs(x - vx) / max(abs(edge - vx), 1.0)) * 0.6
-
-            shapes.append(Shape("building", [poly([(xa, roof(xa)), (xb, roof(xb)), (xb, ground(xb)),
-                                                    (xa, ground(xa))])]))
+            # Rooflines fall toward the vanishing point, so the nearer (outer) end of a block looks taller;
+            # the ground line rises toward it for the same reason.
+            roof = [top + (horizon - top) * (1 - abs(x - vx) / max(abs(edge - vx), 1.0)) * 0.6 for x in (xa, xb)]
+            ground = [horizon + abs(x - vx) * ground_slope for x in (xa, xb)]
+            shapes.append(Shape("building", [poly([(xa, roof[0]), (xb, roof[1]), (xb, ground[1]),
+                                                    (xa, ground[0])])]))
     return shapes
 
 

@@ -1,0 +1,161 @@
+"""`panostudy study ...`: create a study database, import stimuli, enrol and delete participants, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from study.cli._console import console
+
+DbOption = Annotated[
+    str, typer.Option("--db", help="Study database: a SQLite file path (created by 'study init') or a SQLAlchemy URL.")
+]
+CodeOption = Annotated[str, typer.Option("--code", help="Pseudonymous participant code (letters, digits, - and _).")]
+
+study_app = typer.Typer(
+    name="study",
+    help="Create a study database, import stimuli, enrol or delete participants, export answers.",
+    no_args_is_help=True,
+)
+
+
+@study_app.command("init")
+def init(
+    db: DbOption,
+    protocol: Annotated[
+        Optional[Path], typer.Option("--protocol", help="Protocol TOML file (default: protocols/dong2025.toml).")
+    ] = None,
+) -> None:
+    """Create a study database for a protocol (and import the protocol's training panoramas)."""
+    from study.protocol import DEFAULT_PROTOCOL
+    from study.store import create_study
+
+    with create_study(db, protocol if protocol is not None else DEFAULT_PROTOCOL) as study:
+        loaded = study.protocol
+        console.print(
+            f"created study [bold]{loaded.name}[/] ({loaded.version}, protocol sha256 {loaded.sha256[:12]}) in {study.url}"
+        )
+
+
+@study_app.command("import-stimuli")
+def import_stimuli(
+    db: DbOption,
+    source: Annotated[Path, typer.Argument(help="A folder (one sub-folder per scene) or a generator manifest .jsonl.")],
+    scene: Annotated[Optional[str], typer.Option("--scene", help="Scene of every image (instead of sub-folder names).")] = None,
+    training: Annotated[bool, typer.Option("--training", help="Import as training panoramas (excluded from analysis).")] = False,
+    downscale_into: Annotated[
+        Optional[Path], typer.Option("--downscale-into", help="Folder for 8192x4096 copies of larger images.")
+    ] = None,
+) -> None:
+    """Validate panoramas (readable, 2:1, size) and add them to the study."""
+    from rich.progress import Progress
+
+    from study.store import import_stimuli as run_import
+    from study.store import open_study
+
+    with open_study(db) as study, Progress(console=console, transient=True) as progress:
+        task = progress.add_task("checking images", total=None)
+        report = run_import(
+            study, source, scene=scene, training=training, downscale_into=downscale_into,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    scenes = ", ".join(f"{name}: {count}" for name, count in sorted(report.per_scene.items())) or "none"
+    console.print(f"imported {report.added} stimuli ({scenes}); {report.already_present} were already in the study")
+
+
+@study_app.command("add-participant")
+def add_participant(
+    db: DbOption,
+    code: CodeOption,
+    age: Annotated[Optional[int], typer.Option("--age", help="Age in years (optional).")] = None,
+    gender: Annotated[Optional[str], typer.Option("--gender", help="Gender as the participant states it (optional).")] = None,
+    vision_correction: Annotated[
+        Optional[str], typer.Option("--vision-correction", help="e.g. none, glasses, contact lenses (optional).")
+    ] = None,
+) -> None:
+    """Enrol a participant under a pseudonymous code."""
+    from study.store import add_participant as enrol
+    from study.store import open_study
+
+    with open_study(db) as study:
+        participant = enrol(study, code, age=age, gender=gender, vision_correction=vision_correction)
+    console.print(f"enrolled participant {participant.code} (number {participant.number})")
+
+
+@study_app.command("delete-participant")
+def delete_participant(
+    db: DbOption,
+    code: CodeOption,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm that all of this participant's data is deleted.")] = False,
+) -> None:
+    """Delete every record of one participant (data protection); this cannot be undone."""
+    from study.errors import PanostudyError
+    from study.store import delete_participant as remove
+    from study.store import open_study
+
+    if not yes:
+        raise PanostudyError(f"deleting participant {code!r} removes all their data for good; add --yes to confirm")
+    with open_study(db) as study:
+        remove(study, code)
+    console.print(f"deleted participant {code} and all their data")
+
+
+@study_app.command("export")
+def export(
+    db: DbOption,
+    out: Annotated[Path, typer.Option("--out", help="Answers file, long format: .csv or .parquet.")],
+    ssq: Annotated[Optional[Path], typer.Option("--ssq", help="Also write SSQ answers (.csv or .parquet).")] = None,
+    poses: Annotated[Optional[Path], typer.Option("--poses", help="Also write head pose samples (.csv or .parquet).")] = None,
+) -> None:
+    """Write every answer in long format (one row per answer; training rows flagged)."""
+    from study.export import check_output_path, load_answers, load_poses, load_ssq, write_frame
+    from study.store import open_study
+
+    for path in (out, ssq, poses):
+        if path is not None:
+            check_output_path(path)
+    with open_study(db) as study:
+        frames = [(out, load_answers(study))]
+        if ssq is not None:
+            frames.append((ssq, load_ssq(study)))
+        if poses is not None:
+            frames.append((poses, load_poses(study)))
+    for path, frame in frames:
+        write_frame(frame, path)
+        console.print(f"wrote {len(frame)} rows to {path}")
+
+
+@study_app.command("info")
+def info(db: DbOption) -> None:
+    """Show the study's protocol, stimuli, participants and sessions."""
+    import sqlalchemy as sa
+    from rich.table import Table
+
+    from study.models import Participant, Stimulus
+    from study.store import open_study, session_status_counts
+
+    with open_study(db) as study:
+        protocol = study.protocol
+        with study.Session() as session:
+            stimuli = session.execute(
+                sa.select(Stimulus.scene, Stimulus.training, sa.func.count())
+                .where(Stimulus.study_id == study.study_id)
+                .group_by(Stimulus.scene, Stimulus.training)
+            ).all()
+            participants = session.scalar(sa.select(sa.func.count()).where(Participant.study_id == study.study_id))
+        sessions = session_status_counts(study)
+    console.print(f"[bold]{protocol.name}[/] {protocol.version} — protocol sha256 {protocol.sha256[:12]}, seed {protocol.seed}")
+    table = Table("scene", "test stimuli", "training stimuli")
+    for scene in sorted({row[0] for row in stimuli}):
+        counts = {training: n for name, training, n in stimuli if name == scene}
+        table.add_row(scene, str(counts.get(False, 0)), str(counts.get(True, 0)))
+    console.print(table)
+    status = ", ".join(f"{name} {sessions.get(name, 0)}" for name in ("planned", "running", "completed", "withdrawn"))
+    console.print(f"participants: {participants} of {protocol.participants} planned; sessions: {status}")
+
+
+def register(app: typer.Typer) -> None:
+    """Adds the ``study`` command group to the root app."""
+    app.add_typer(study_app)

@@ -1,0 +1,283 @@
+"""SQLAlchemy models of the study database: the schema is the type annotations.
+
+All times are stored as UTC. SQLite keeps no time zone, so :class:`UTCDateTime` converts aware datetimes
+to UTC on the way in and attaches UTC on the way out; code never sees a naive datetime from the store.
+
+Every foreign key cascades on delete, so removing one participant (data protection) removes their
+sessions, trials, answers, questionnaires, pose samples and events in one statement.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Optional
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+
+#: Version of this schema; :func:`study.store.open_study` refuses a database of a newer one.
+SCHEMA_VERSION = 1
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """A timestamp stored as naive UTC and returned as an aware UTC ``datetime``."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            # A naive time is ambiguous (local? UTC?); refusing it keeps every stored time comparable.
+            raise ValueError(f"naive datetime {value!r} cannot be stored; pass a timezone-aware datetime")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+def utc_now() -> datetime:
+    """The current time, aware, in UTC (a callable default, evaluated per row)."""
+    return datetime.now(timezone.utc)
+
+
+IntPK = Annotated[int, so.mapped_column(primary_key=True)]
+UTCNow = Annotated[datetime, so.mapped_column(UTCDateTime(), default=utc_now)]
+UTCTime = Annotated[datetime, so.mapped_column(UTCDateTime())]
+JSONDict = Annotated[dict[str, Any], so.mapped_column(sa.JSON, default=dict)]
+
+
+def _fk(target: str) -> Any:
+    return so.mapped_column(sa.ForeignKey(target, ondelete="CASCADE"), index=True)
+
+
+class Base(so.DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+class SchemaInfo(Base):
+    """One row: the schema version the database was written with."""
+
+    __tablename__ = "schema_info"
+
+    version: so.Mapped[int] = so.mapped_column(primary_key=True, autoincrement=False)
+    created_at: so.Mapped[UTCNow]
+
+    def __repr__(self) -> str:
+        return f"SchemaInfo(version={self.version})"
+
+
+class Study(Base):
+    """A study: the protocol it runs, verbatim, with its hash."""
+
+    __tablename__ = "study"
+
+    id: so.Mapped[IntPK]
+    name: so.Mapped[str]
+    protocol_text: so.Mapped[str] = so.mapped_column(sa.Text)
+    protocol_sha256: so.Mapped[str] = so.mapped_column(sa.String(64))
+    protocol_schema_version: so.Mapped[int]
+    # Where the protocol was read from (for messages) and the folder its relative training paths start at.
+    protocol_source: so.Mapped[str]
+    protocol_base_dir: so.Mapped[str]
+    created_at: so.Mapped[UTCNow]
+
+    stimuli: so.Mapped[list[Stimulus]] = so.relationship(back_populates="study", passive_deletes=True)
+    participants: so.Mapped[list[Participant]] = so.relationship(back_populates="study", passive_deletes=True)
+
+    def __repr__(self) -> str:
+        return f"Study(id={self.id}, name={self.name!r}, protocol_sha256={self.protocol_sha256[:12]!r})"
+
+
+class Stimulus(Base):
+    """A validated equirectangular panorama, identified by its path and content hash."""
+
+    __tablename__ = "stimulus"
+    __table_args__ = (sa.UniqueConstraint("study_id", "path"),)
+
+    id: so.Mapped[IntPK]
+    study_id: so.Mapped[int] = _fk("study.id")
+    path: so.Mapped[str]
+    sha256: so.Mapped[str] = so.mapped_column(sa.String(64), index=True)
+    scene: so.Mapped[str]
+    width: so.Mapped[int]
+    height: so.Mapped[int]
+    training: so.Mapped[bool] = so.mapped_column(default=False)
+    generator_metadata: so.Mapped[JSONDict]
+    imported_at: so.Mapped[UTCNow]
+
+    study: so.Mapped[Study] = so.relationship(back_populates="stimuli")
+    trials: so.Mapped[list[Trial]] = so.relationship(back_populates="stimulus", passive_deletes=True)
+
+    def __repr__(self) -> str:
+        kind = "training" if self.training else "test"
+        return f"Stimulus(id={self.id}, scene={self.scene!r}, {kind}, path={self.path!r})"
+
+
+class Participant(Base):
+    """A participant, known only by a pseudonymous code; demographics are optional."""
+
+    __tablename__ = "participant"
+    __table_args__ = (sa.UniqueConstraint("study_id", "code"), sa.UniqueConstraint("study_id", "number"))
+
+    id: so.Mapped[IntPK]
+    study_id: so.Mapped[int] = _fk("study.id")
+    code: so.Mapped[str]
+    # 0-based order of enrolment; picks the participant's row of the scale-order Latin square.
+    number: so.Mapped[int]
+    age: so.Mapped[Optional[int]]
+    gender: so.Mapped[Optional[str]]
+    vision_correction: so.Mapped[Optional[str]]
+    enrolled_at: so.Mapped[UTCNow]
+
+    study: so.Mapped[Study] = so.relationship(back_populates="participants")
+    sessions: so.Mapped[list[StudySession]] = so.relationship(back_populates="participant", passive_deletes=True)
+
+    def __repr__(self) -> str:
+        return f"Participant(id={self.id}, code={self.code!r}, number={self.number})"
+
+
+class StudySession(Base):
+    """One participant's run through the protocol (named so that it does not shadow ``orm.Session``)."""
+
+    __tablename__ = "session"
+    __table_args__ = (
+        sa.CheckConstraint("status IN ('planned', 'running', 'completed', 'withdrawn')", name="session_status"),
+    )
+
+    id: so.Mapped[IntPK]
+    participant_id: so.Mapped[int] = so.mapped_column(
+        sa.ForeignKey("participant.id", ondelete="CASCADE"), unique=True
+    )
+    status: so.Mapped[str] = so.mapped_column(sa.String(16), default="planned")
+    seed: so.Mapped[int]
+    protocol_sha256: so.Mapped[str] = so.mapped_column(sa.String(64))
+    planned_at: so.Mapped[UTCNow]
+    started_at: so.Mapped[Optional[datetime]]
+    ended_at: so.Mapped[Optional[datetime]]
+    withdraw_reason: so.Mapped[Optional[str]]
+
+    participant: so.Mapped[Participant] = so.relationship(back_populates="sessions")
+    trials: so.Mapped[list[Trial]] = so.relationship(
+        back_populates="session", order_by="Trial.index", passive_deletes=True
+    )
+
+    def __repr__(self) -> str:
+        return f"StudySession(id={self.id}, participant_id={self.participant_id}, status={self.status!r})"
+
+
+class Trial(Base):
+    """One planned presentation; a session's trials are written together before its first step."""
+
+    __tablename__ = "trial"
+    __table_args__ = (sa.UniqueConstraint("session_id", "index"),)
+
+    id: so.Mapped[IntPK]
+    session_id: so.Mapped[int] = _fk("session.id")
+    index: so.Mapped[int]
+    stimulus_id: so.Mapped[int] = _fk("stimulus.id")
+    training: so.Mapped[bool]
+    scale_order: so.Mapped[list[str]] = so.mapped_column(sa.JSON)
+    break_before: so.Mapped[bool]
+
+    session: so.Mapped[StudySession] = so.relationship(back_populates="trials")
+    stimulus: so.Mapped[Stimulus] = so.relationship(back_populates="trials")
+
+    def __repr__(self) -> str:
+        return f"Trial(session_id={self.session_id}, index={self.index}, stimulus_id={self.stimulus_id})"
+
+
+class Answer(Base):
+    """One rating of one scale item for one trial; the unique key makes a second record impossible."""
+
+    __tablename__ = "answer"
+    __table_args__ = (sa.UniqueConstraint("session_id", "trial_id", "scale", "item"),)
+
+    id: so.Mapped[IntPK]
+    session_id: so.Mapped[int] = _fk("session.id")
+    trial_id: so.Mapped[int] = _fk("trial.id")
+    scale: so.Mapped[str]
+    item: so.Mapped[str]
+    value: so.Mapped[int]
+    response_time_s: so.Mapped[float]
+    shown_at: so.Mapped[UTCTime]
+    answered_at: so.Mapped[UTCTime]
+
+    def __repr__(self) -> str:
+        return f"Answer(trial_id={self.trial_id}, scale={self.scale!r}, item={self.item!r}, value={self.value})"
+
+
+class SsqAnswer(Base):
+    """One Simulator Sickness Questionnaire item (0..3) before or after the trials."""
+
+    __tablename__ = "ssq_answer"
+    __table_args__ = (
+        sa.UniqueConstraint("session_id", "phase", "item"),
+        sa.CheckConstraint("phase IN ('pre', 'post')", name="ssq_phase"),
+    )
+
+    id: so.Mapped[IntPK]
+    session_id: so.Mapped[int] = _fk("session.id")
+    phase: so.Mapped[str] = so.mapped_column(sa.String(4))
+    item: so.Mapped[int]  # 1-based position in Kennedy et al. (1993) order
+    value: so.Mapped[int]
+    response_time_s: so.Mapped[float]
+    shown_at: so.Mapped[UTCTime]
+    answered_at: so.Mapped[UTCTime]
+
+    def __repr__(self) -> str:
+        return f"SsqAnswer(session_id={self.session_id}, phase={self.phase!r}, item={self.item}, value={self.value})"
+
+
+class StepDone(Base):
+    """A finished step that carries no answer (instructions, a stimulus exposure, a break).
+
+    Together with :class:`Answer` and :class:`SsqAnswer` this is everything the engine derives a session's
+    position from after a crash.
+    """
+
+    __tablename__ = "step_done"
+    __table_args__ = (sa.UniqueConstraint("session_id", "key"),)
+
+    id: so.Mapped[IntPK]
+    session_id: so.Mapped[int] = _fk("session.id")
+    key: so.Mapped[str]
+    shown_at: so.Mapped[UTCTime]
+    done_at: so.Mapped[UTCTime]
+
+    def __repr__(self) -> str:
+        return f"StepDone(session_id={self.session_id}, key={self.key!r})"
+
+
+class PoseSample(Base):
+    """One head orientation sample while a stimulus was shown; inserted in batches through Core."""
+
+    __tablename__ = "pose_sample"
+    __table_args__ = (sa.Index("ix_pose_sample_session_trial", "session_id", "trial_id"),)
+
+    id: so.Mapped[IntPK]
+    session_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("session.id", ondelete="CASCADE"))
+    trial_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("trial.id", ondelete="CASCADE"))
+    t: so.Mapped[float]  # seconds since the stimulus was shown
+    yaw_deg: so.Mapped[float]
+    pitch_deg: so.Mapped[float]
+    roll_deg: so.Mapped[float]
+
+    def __repr__(self) -> str:
+        return f"PoseSample(trial_id={self.trial_id}, t={self.t:.3f}, yaw={self.yaw_deg:.1f}, pitch={self.pitch_deg:.1f})"
+
+
+class Event(Base):
+    """Anything worth keeping that is not an answer: frame timing, a resume, a withdrawal."""
+
+    __tablename__ = "event"
+
+    id: so.Mapped[IntPK]
+    session_id: so.Mapped[int] = _fk("session.id")
+    kind: so.Mapped[str]
+    detail: so.Mapped[JSONDict]
+    at: so.Mapped[UTCNow]
+
+    def __repr__(self) -> str:
+        return f"Event(session_id={self.session_id}, kind={self.kind!r}, at={self.at.isoformat()})"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -207,7 +208,8 @@ class _Reader:
         for key in table:
             if key not in allowed:
                 close = difflib.get_close_matches(key, allowed, n=1)
-                fix = f"did you mean '{close[0]}'?" if close else f"allowed keys are {', '.join(allowed)}"
+                fix = (f"did you mean '{close[0]}'?" if close
+                       else f"remove it (allowed here: {', '.join(allowed)})")
                 raise self.fail(_join(path, key), "unknown key", fix)
 
     def get(self, parent: Mapping[str, Any], key: str, path: str, kind: type | tuple, what: str,
@@ -216,7 +218,8 @@ class _Reader:
         if key not in parent:
             if default is not ...:
                 return default
-            raise self.fail(full, "missing", f"add {key} = <{what}>")
+            fix = f"add a [{full}] table" if what == "a table" else f"add {key} = <{what}>"
+            raise self.fail(full, "missing", fix)
         value = parent[key]
         # bool is a subclass of int in Python; a protocol never means true when it says a number.
         if isinstance(value, bool) and bool not in _as_tuple(kind):
@@ -241,9 +244,13 @@ class _Reader:
 
     def number(self, parent: Mapping[str, Any], key: str, path: str, default: Any = ...) -> float | None:
         value = self.get(parent, key, path, (int, float), "a number", default)
-        return None if value is None else float(value)
+        if value is None:
+            return None
+        if not math.isfinite(value):
+            raise self.fail(_join(path, key), f"{value} is not a finite number", "write a finite number")
+        return float(value)
 
-    def labels(self, raw: Any, path: str, allowed: range) -> dict[int, str]:
+    def labels(self, raw: Any, path: str, allowed: range, range_fix: str) -> dict[int, str]:
         if not isinstance(raw, dict):
             raise self.fail(path, f"expected a table of value = \"label\", got {_toml_type(raw)}",
                             "write e.g. labels = { 1 = \"Bad\", 5 = \"Excellent\" }")
@@ -258,8 +265,7 @@ class _Reader:
                 raise self.fail(full, f"label key '{key}' is not an integer value",
                                 "use the rated value as the key, e.g. 5 = \"Excellent\"") from None
             if value not in allowed:
-                raise self.fail(full, f"value {value} is outside {allowed.start}..{allowed.stop - 1}",
-                                "label only values the scale can take, or widen min/max")
+                raise self.fail(full, f"value {value} is outside {allowed.start}..{allowed.stop - 1}", range_fix)
             if not isinstance(label, str) or not label.strip():
                 raise self.fail(full, "label must be a non-empty string", "write the anchor text in quotes")
             labels[value] = label
@@ -293,7 +299,7 @@ class _Reader:
         rate = self.number(doc, "pose_rate_hz", "", 30.0)
         if not 0 < rate <= MAX_POSE_RATE_HZ:
             raise self.fail("pose_rate_hz", f"{rate:g} Hz is outside (0, {MAX_POSE_RATE_HZ:g}]",
-                            "sample head poses at most at the headset's 90 Hz frame rate")
+                            "use a rate above 0 and at most the headset's 90 Hz frame rate")
 
         return Protocol(
             schema_version=version,
@@ -366,7 +372,8 @@ class _Reader:
             if "labels" not in entry:
                 raise self.fail(_join(item_path, "labels"), "item has no labels",
                                 f"add labels = {{ {values.start} = \"...\", {values.stop - 1} = \"...\" }}")
-            labels = self.labels(entry["labels"], _join(item_path, "labels"), values)
+            labels = self.labels(entry["labels"], _join(item_path, "labels"), values,
+                                 "label only values the scale can take, or widen its min/max")
             for end in (values.start, values.stop - 1):
                 if end not in labels:
                     raise self.fail(_join(item_path, "labels"), f"no label for the end value {end}",
@@ -420,9 +427,10 @@ class _Reader:
         if "labels" not in section:
             raise self.fail("ssq.labels", "missing", "add labels = { 0 = \"None\", 1 = \"Slight\", "
                             "2 = \"Moderate\", 3 = \"Severe\" }")
-        labels = self.labels(section["labels"], "ssq.labels", range(SSQ_VALUES[0], SSQ_VALUES[-1] + 1))
+        labels = self.labels(section["labels"], "ssq.labels", range(SSQ_VALUES[0], SSQ_VALUES[-1] + 1),
+                             "SSQ answers are 0..3 (zero-based, Kennedy et al. 1993)")
         if tuple(labels) != SSQ_VALUES:
-            raise self.fail("ssq.labels", f"labels values {list(labels)}, the SSQ needs 0, 1, 2, 3",
+            raise self.fail("ssq.labels", f"has labels for {list(labels)}, the SSQ needs 0, 1, 2, 3",
                             "label 0 None, 1 Slight, 2 Moderate, 3 Severe (zero-based)")
         return SsqSpec(items=tuple(raw), labels=labels, question=self.text(section, "question", "ssq"),
                        before=self.get(section, "before", "ssq", bool, "true or false"),

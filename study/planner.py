@@ -195,13 +195,13 @@ def _sequential_no_repeat(items: list[T], keys: list[Hashable], rng: np.random.G
     previous: Hashable | None = None
     left = len(items)
     while left:
-        # After placing key c, the rest (left - 1 items, not starting with c) can be arranged iff c keeps
-        # at most floor((left-1)/2) and every other key at most ceil((left-1)/2).
+        # After placing key c, the rest (left - 1 items, not starting with c) can be arranged iff c keeps at
+        # most floor(rest/2) and every other key at most ceil(rest/2). The first half holds by induction
+        # (every key has at most ceil(left/2) now), so only the other keys need checking.
         rest = left - 1
         candidates = [
             c for c, group in groups.items()
             if group and c != previous
-            and len(group) - 1 <= rest // 2
             and all(len(g) <= (rest + 1) // 2 for d, g in groups.items() if d != c)
         ]
         weights = np.array([len(groups[c]) for c in candidates], dtype=float)

@@ -1,0 +1,258 @@
+"""Stimulus images: checked decoding, sRGB-correct mip chains, and uploads that never stall a frame.
+
+A stimulus is decoded and its whole mip chain computed on a background thread
+(:class:`StimulusLoader`); the render thread then copies it into a GPU texture a few megabytes per
+frame through a pixel-buffer object (:class:`SpreadUpload`), so a switch never costs more than one
+chunk of upload in any frame. ``glGenerateMipmap`` is never called for a stimulus: on a software
+rasteriser it takes a whole frame or more for an 8192 × 4096 image.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from study.errors import StimulusError
+from study.stimuli import MAX_HEIGHT, MAX_WIDTH
+
+#: GL internal formats (sized, so every driver accepts them).
+GL_SRGB8 = 0x8C41
+GL_SRGB8_ALPHA8 = 0x8C43
+
+#: Bytes copied into textures per frame during a spread upload (about 3 ms on llvmpipe).
+UPLOAD_BYTES_PER_FRAME = 4 << 20
+
+
+def _srgb_to_linear16() -> np.ndarray:
+    c = np.arange(256) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return np.round(linear * 65535).astype(np.uint16)
+
+
+def _linear16_to_srgb() -> np.ndarray:
+    c = np.arange(65536) / 65535.0
+    srgb = np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
+    return np.round(srgb * 255).astype(np.uint8)
+
+
+_TO_LINEAR = _srgb_to_linear16()
+_TO_SRGB = _linear16_to_srgb()
+
+
+def decode_stimulus(path: str | Path, *, max_width: int = MAX_WIDTH, downscale: bool = False) -> np.ndarray:
+    """Reads an equirect stimulus as ``(H, W, 3) uint8`` sRGB, checking it first.
+
+    Parameters
+    ----------
+    path : str or Path
+        PNG, JPEG, ... image, exactly twice as wide as high.
+    max_width : int
+        Widest image accepted: the smaller of 8192 and the context's ``GL_MAX_TEXTURE_SIZE``.
+    downscale : bool
+        Shrink a wider image to ``max_width`` × ``max_width / 2`` (Lanczos) instead of refusing it.
+
+    Raises
+    ------
+    StimulusError
+        If the file is missing or unreadable, not 2:1, or too large and ``downscale`` is False.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise StimulusError(f"{path}: stimulus file not found; check the path")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width != 2 * height:
+                raise StimulusError(
+                    f"{path}: {width}x{height} is not 2:1 equirectangular; stimuli must be exactly twice as wide as high"
+                )
+            if width > max_width and not downscale:
+                raise StimulusError(
+                    f"{path}: {width}x{height} exceeds the {max_width}x{max_width // 2} texture limit; "
+                    "downscale the image or pass --downscale"
+                )
+            image = image.convert("RGB")
+            if width > max_width:
+                image = image.resize((max_width, max_width // 2), Image.Resampling.LANCZOS)
+            return np.asarray(image)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        raise StimulusError(f"{path}: unreadable image ({exc}); re-export it as PNG or JPEG") from None
+
+
+def mip_chain(image: np.ndarray) -> list[np.ndarray]:
+    """All mip levels of an sRGB image, each the 2 × 2 box average of the previous one in linear light.
+
+    Parameters
+    ----------
+    image : (H, W, C) uint8
+        sRGB-encoded level 0.
+
+    Returns
+    -------
+    list of (H_k, W_k, C) uint8
+        Level ``k`` is ``max(1, H >> k)`` × ``max(1, W >> k)``, down to 1 × 1 (GL's mip sizes).
+
+    Notes
+    -----
+    Averaging the sRGB codes themselves would darken fine detail at a distance; the average is taken
+    of :math:`c_{lin} = ((c + 0.055)/1.055)^{2.4}` in 16-bit fixed point and re-encoded. An odd last
+    row or column is dropped, as GL's box filter does for non-power-of-two sizes.
+    """
+    levels = [image]
+    linear = _TO_LINEAR[image]
+    while linear.shape[0] > 1 or linear.shape[1] > 1:
+        h, w = linear.shape[:2]
+        linear = linear.astype(np.uint32)
+        if h > 1:
+            linear = linear[0 : h // 2 * 2 : 2] + linear[1 : h // 2 * 2 : 2]
+        else:
+            linear = linear * 2
+        if w > 1:
+            linear = linear[:, 0 : w // 2 * 2 : 2] + linear[:, 1 : w // 2 * 2 : 2]
+        else:
+            linear = linear * 2
+        linear = ((linear + 2) >> 2).astype(np.uint16)
+        levels.append(_TO_SRGB[linear])
+    return levels
+
+
+@dataclass(frozen=True)
+class DecodedStimulus:
+    """A stimulus ready for upload: its path and mip chain (level 0 first)."""
+
+    path: str
+    levels: tuple[np.ndarray, ...]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        h, w = self.levels[0].shape[:2]
+        return w, h
+
+
+def decode_with_mips(path: str | Path, *, max_width: int = MAX_WIDTH, downscale: bool = False) -> DecodedStimulus:
+    """:func:`decode_stimulus` followed by :func:`mip_chain`."""
+    return DecodedStimulus(str(path), tuple(mip_chain(decode_stimulus(path, max_width=max_width, downscale=downscale))))
+
+
+class StimulusLoader:
+    """Decodes stimuli on one background thread; the render thread only ever asks for finished ones.
+
+    Parameters
+    ----------
+    max_width : int
+        See :func:`decode_stimulus`.
+    downscale : bool
+        See :func:`decode_stimulus`.
+    """
+
+    def __init__(self, *, max_width: int = MAX_WIDTH, downscale: bool = False):
+        self.max_width = max_width
+        self.downscale = downscale
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stimulus-decode")
+        self._jobs: dict[str, Future[DecodedStimulus]] = {}
+        self._lock = threading.Lock()
+
+    def request(self, path: str) -> None:
+        """Starts decoding ``path`` unless it is already queued or done."""
+        with self._lock:
+            if path not in self._jobs:
+                self._jobs[path] = self._pool.submit(decode_with_mips, path, max_width=self.max_width, downscale=self.downscale)
+
+    def ready(self, path: str) -> DecodedStimulus | None:
+        """The decoded stimulus if it is finished, else None; re-raises its StimulusError."""
+        with self._lock:
+            job = self._jobs.get(path)
+        if job is None or not job.done():
+            return None
+        return job.result()
+
+    def wait(self, path: str) -> DecodedStimulus:
+        """Blocks until ``path`` is decoded (requesting it if needed)."""
+        self.request(path)
+        with self._lock:
+            job = self._jobs[path]
+        return job.result()
+
+    def forget(self, path: str) -> None:
+        """Drops a decoded stimulus so its memory can be freed."""
+        with self._lock:
+            self._jobs.pop(path, None)
+
+    def close(self) -> None:
+        """Stops the thread after the job in progress."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def allocate_stimulus_texture(ctx, size: tuple[int, int]):
+    """An empty sRGB texture with storage for every mip level and the stimulus sampling state.
+
+    Trilinear mipmapping, the highest anisotropy the driver offers (≤ 16), GL_REPEAT across longitude
+    and clamp at the poles. Allocation is slow on some drivers, so textures are allocated once per
+    size and reused (see :class:`viewer.renderer.Renderer`).
+    """
+    import moderngl
+
+    texture = ctx.texture(size, 3, internal_format=GL_SRGB8)
+    # moderngl only allows writes to levels that glGenerateMipmap has defined.
+    texture.build_mipmaps()
+    texture.filter = (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR)
+    texture.anisotropy = min(16.0, ctx.max_anisotropy)
+    texture.repeat_x = True
+    texture.repeat_y = False
+    return texture
+
+
+class SpreadUpload:
+    """Copies a decoded mip chain into a texture in row strips of at most ``budget`` bytes per step.
+
+    Strips go through one reused pixel-buffer object, so the driver copies from GPU-visible memory.
+    """
+
+    def __init__(self, ctx, texture, stimulus: DecodedStimulus, *, budget: int = UPLOAD_BYTES_PER_FRAME):
+        self.texture = texture
+        self.stimulus = stimulus
+        self._ctx = ctx
+        self._budget = budget
+        self._pbo = None
+        self._level = 0
+        self._row = 0
+
+    @property
+    def done(self) -> bool:
+        return self._level >= len(self.stimulus.levels)
+
+    def step(self) -> bool:
+        """Uploads the next strip(s) up to the byte budget; returns :attr:`done`."""
+        spent = 0
+        while not self.done and spent < self._budget:
+            level = self.stimulus.levels[self._level]
+            h, w = level.shape[:2]
+            row_bytes = w * 3
+            rows = max(1, min(h - self._row, (self._budget - spent) // row_bytes))
+            strip = np.ascontiguousarray(level[self._row : self._row + rows])
+            if self._pbo is None:
+                self._pbo = self._ctx.buffer(reserve=max(min(self._budget, self.stimulus.levels[0].nbytes), strip.nbytes))
+            if strip.nbytes > self._pbo.size:
+                self._pbo.orphan(strip.nbytes)
+            self._pbo.write(strip)
+            self.texture.write(self._pbo, viewport=(0, self._row, w, rows), level=self._level, alignment=1)
+            spent += strip.nbytes
+            self._row += rows
+            if self._row >= h:
+                self._level += 1
+                self._row = 0
+        if self.done:
+            self.release()
+        return self.done
+
+    def release(self) -> None:
+        """Frees the pixel buffer (called by :meth:`step` when the upload is complete)."""
+        if self._pbo is not None:
+            self._pbo.release()
+            self._pbo = None

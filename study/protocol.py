@@ -159,7 +159,8 @@ def load_protocol(path: str | Path) -> Protocol:
     return parse_protocol(text, source=str(path), base_dir=path.resolve().parent)
 
 
-def parse_protocol(text: str, source: str = "<string>", *, base_dir: str | Path | None = None) -> Protocol:
+def parse_protocol(text: str, source: str = "<string>", *, base_dir: str | Path | None = None,
+                   check_files: bool = True) -> Protocol:
     """Validate protocol TOML ``text``; ``source`` names it in error messages.
 
     Parameters
@@ -170,6 +171,9 @@ def parse_protocol(text: str, source: str = "<string>", *, base_dir: str | Path 
         File name (or another label) used as the first part of every error message.
     base_dir : str or Path, optional
         Folder that relative training stimulus paths are resolved against; the current directory if omitted.
+    check_files : bool
+        Require the training stimuli to exist. Pass False to re-read a protocol stored in a study database,
+        e.g. for analysis on another machine where the image files are not present.
 
     Raises
     ------
@@ -183,16 +187,17 @@ def parse_protocol(text: str, source: str = "<string>", *, base_dir: str | Path 
         reason = _TOML_POSITION.sub("", str(exc)).strip()
         at = f"line {where.group(1)}, column {where.group(2)}" if where else "document"
         raise ProtocolError(f"{source}: {at}: invalid TOML ({reason}); fix the syntax there") from None
-    reader = _Reader(source, Path(base_dir) if base_dir is not None else Path.cwd())
+    reader = _Reader(source, Path(base_dir) if base_dir is not None else Path.cwd(), check_files)
     return reader.protocol(doc, text)
 
 
 class _Reader:
     """Walks the parsed TOML document, keeping the key path for error messages."""
 
-    def __init__(self, source: str, base_dir: Path):
+    def __init__(self, source: str, base_dir: Path, check_files: bool):
         self.source = source
         self.base_dir = base_dir
+        self.check_files = check_files
 
     def fail(self, key: str, what: str, fix: str) -> ProtocolError:
         return ProtocolError(f"{self.source}: {key}: {what}; {fix}")
@@ -390,7 +395,7 @@ class _Reader:
             if not isinstance(entry, str) or not entry.strip():
                 raise self.fail(key, f"expected an image path, got {entry!r}", "write the path in quotes")
             path = (self.base_dir / entry).resolve()
-            if not path.is_file():
+            if self.check_files and not path.is_file():
                 raise self.fail(key, f"training stimulus {path} does not exist",
                                 "fix the path (relative paths start at the protocol's folder) or add the file")
             if str(path) in stimuli:

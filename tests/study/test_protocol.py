@@ -69,6 +69,15 @@ def test_hash_and_text_are_those_of_the_file(protocol_file: Path):
     assert parse_protocol(text, str(protocol_file), base_dir=protocol_file.parent) == protocol
 
 
+def test_stored_protocol_can_be_reread_without_its_training_files(protocol_file: Path):
+    text = protocol_file.read_text(encoding="utf-8")
+    (protocol_file.parent / "train" / "a.png").unlink()
+    with pytest.raises(ProtocolError, match=r"training\.stimuli\[0\]: .* does not exist"):
+        parse_protocol(text, "db", base_dir=protocol_file.parent)
+    protocol = parse_protocol(text, "db", base_dir=protocol_file.parent, check_files=False)
+    assert protocol.training.stimuli[0] == str(protocol_file.parent / "train" / "a.png")
+
+
 def test_unknown_scale_names_the_known_ones():
     protocol = load_protocol(DEFAULT_PROTOCOL)
     with pytest.raises(ProtocolError, match=r"unknown scale 'MOS'; use one of ACR, VAR, SSDS, PCR"):

@@ -230,7 +230,7 @@ class _Reader:
         if isinstance(value, bool) and bool not in _as_tuple(kind):
             raise self.fail(full, f"expected {what}, got a boolean", f"write {what}")
         if not isinstance(value, kind):
-            raise self.fail(full, f"expected {what}, got {_toml_type(value)} {value!r}", f"write {what}")
+            raise self.fail(full, f"expected {what}, got {_describe(value)}", f"write {what}")
         return value
 
     def text(self, parent: Mapping[str, Any], key: str, path: str) -> str:
@@ -271,6 +271,8 @@ class _Reader:
                                 "use the rated value as the key, e.g. 5 = \"Excellent\"") from None
             if value not in allowed:
                 raise self.fail(full, f"value {value} is outside {allowed.start}..{allowed.stop - 1}", range_fix)
+            if value in labels:
+                raise self.fail(full, f"value {value} is labelled twice", "keep one label per value")
             if not isinstance(label, str) or not label.strip():
                 raise self.fail(full, "label must be a non-empty string", "write the anchor text in quotes")
             labels[value] = label
@@ -331,7 +333,7 @@ class _Reader:
         scenes: list[str] = []
         for i, name in enumerate(raw):
             if not isinstance(name, str) or not _ID.fullmatch(name):
-                raise self.fail(f"scenes[{i}]", f"{name!r} is not a valid scene name",
+                raise self.fail(f"scenes[{i}]", f"{_describe(name)} is not a valid scene name",
                                 "use a letter followed by letters, digits, '_' or '-'")
             if name in scenes:
                 raise self.fail(f"scenes[{i}]", f"scene '{name}' is listed twice", "list each scene once")
@@ -393,7 +395,7 @@ class _Reader:
         for i, entry in enumerate(raw):
             key = f"training.stimuli[{i}]"
             if not isinstance(entry, str) or not entry.strip():
-                raise self.fail(key, f"expected an image path, got {entry!r}", "write the path in quotes")
+                raise self.fail(key, f"expected an image path, got {_describe(entry)}", "write the path in quotes")
             path = (self.base_dir / entry).resolve()
             if self.check_files and not path.is_file():
                 raise self.fail(key, f"training stimulus {path} does not exist",
@@ -427,7 +429,7 @@ class _Reader:
                             "list the 16 symptoms in the order of Kennedy et al. (1993)")
         for i, symptom in enumerate(raw):
             if not isinstance(symptom, str) or not symptom.strip():
-                raise self.fail(f"ssq.items[{i}]", f"expected a symptom name, got {symptom!r}",
+                raise self.fail(f"ssq.items[{i}]", f"expected a symptom name, got {_describe(symptom)}",
                                 "write the symptom in quotes")
         if "labels" not in section:
             raise self.fail("ssq.labels", "missing", "add labels = { 0 = \"None\", 1 = \"Slight\", "
@@ -448,6 +450,14 @@ def _join(path: str, key: object) -> str:
 
 def _as_tuple(kind: type | tuple) -> tuple:
     return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _describe(value: object) -> str:
+    """Type and (short) value for an error line; tables and arrays by type only, to keep it one line."""
+    if isinstance(value, (dict, list)):
+        return _toml_type(value)
+    shown = repr(value)
+    return f"{_toml_type(value)} {shown if len(shown) <= 40 else shown[:37] + '...'}"
 
 
 def _toml_type(value: object) -> str:

@@ -90,22 +90,25 @@ class StimulusTextures:
         self._wanted: list[str] = []
         self.on_screen: str | None = None
 
-    def prefetch(self, paths: list[str]) -> None:
-        """Starts decoding ``paths`` in order; they are uploaded by :meth:`update` as frames go by."""
-        for path in paths:
+    def want(self, paths: list[str]) -> None:
+        """Sets the stimuli to prepare, most urgent first; they decode at once and upload in
+        :meth:`update` as frames go by. Textures of stimuli no longer wanted may be reused."""
+        self._wanted = list(dict.fromkeys(paths))
+        for path in self._wanted:
             self.loader.request(path)
-            if path not in self._wanted:
-                self._wanted.append(path)
 
     def _slot_for(self, size: tuple[int, int], path: str):
         for slot in self._textures:
             if slot[0] == path:
                 return slot
+        rank = self._wanted.index(path) if path in self._wanted else len(self._wanted)
         for slot in self._textures:
-            if slot[1].size == size and slot[0] != self.on_screen and slot[0] not in self._wanted[:1]:
+            if slot[1].size != size or slot[0] == self.on_screen:
+                continue
+            # a slot holding a less urgent stimulus (or none still wanted) may be overwritten
+            if slot[0] not in self._wanted or self._wanted.index(slot[0]) > rank:
                 return slot
-        same_size = [s for s in self._textures if s[1].size == size]
-        if len(same_size) >= self._slots:
+        if sum(s[1].size == size for s in self._textures) >= self._slots:
             return None
         slot = [None, allocate_stimulus_texture(self._ctx, size), False]
         self._textures.append(slot)
@@ -168,10 +171,8 @@ class StimulusTextures:
         return None
 
     def show(self, path: str | None) -> None:
-        """Marks ``path`` as on screen (its texture is not reused) and drops it from the wanted list."""
+        """Marks ``path`` as on screen: its texture is not reused until another one is shown."""
         self.on_screen = path
-        if path in self._wanted:
-            self._wanted.remove(path)
 
     def release(self) -> None:
         if self._upload is not None:

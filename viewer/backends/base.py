@@ -106,6 +106,9 @@ class Backend(ABC):
         The renderer fades inside the eye buffers in every backend; a compositor may add its own fade.
         """
 
+    def tick(self) -> None:
+        """A short haptic pulse confirming a selection, where there is a controller to pulse."""
+
     def timing_stats(self) -> dict[str, float]:
         """Display-side frame statistics since the last call (dropped frames, ...); empty by default."""
         return {}

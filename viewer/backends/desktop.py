@@ -1,0 +1,168 @@
+"""Desktop backend: a GLFW window for pilots and for studies without a headset.
+
+Drag with the left mouse button to look around, scroll to change the field of view, click a panel
+button or press 1–5 / arrows and Enter to answer, Escape to stop (the session can be resumed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from study.errors import BackendUnavailable
+from viewer.backends.base import Backend, Capabilities, Frame, FrameInput, InputEvent, Ray
+from viewer.camera import Tangents, pixel_ray, view_rotation
+from viewer.renderer import EyeView, Renderer
+
+#: Pixels the mouse may move between press and release for it to count as a click, not a drag.
+CLICK_SLOP_PX = 4
+#: Degrees of view rotation per pixel of mouse drag.
+DRAG_DEG_PER_PX = 0.15
+
+
+class DesktopBackend(Backend):
+    """A ``width`` × ``height`` window showing one eye with a horizontal field of view of ``fov_deg``."""
+
+    name = "desktop"
+    capabilities = Capabilities(stereo=False, head_tracking=False, pointer=True, returns_pixels=False, paced=True)
+
+    def __init__(self, width: int = 1280, height: int = 720, *, fov_deg: float = 90.0, downscale: bool = False,
+                 title: str = "panostudy"):
+        self.width, self.height, self.fov_deg = width, height, fov_deg
+        self.downscale, self.title = downscale, title
+        self.yaw = self.pitch = 0.0
+        self.window = None
+        self.ctx = None
+        self._events: list[InputEvent] = []
+        self._press: tuple[float, float] | None = None
+        self._last: tuple[float, float] | None = None
+
+    @classmethod
+    def why_not(cls) -> str | None:
+        try:
+            import glfw
+        except ImportError as exc:
+            return f"glfw is not installed ({exc}); pip install 'panostudy[viewer]'"
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and os.name == "posix" and not _is_macos():
+            return "no display (DISPLAY and WAYLAND_DISPLAY are unset); run on a desktop, under xvfb-run, or use --backend headless"
+        if not glfw.init():
+            return "GLFW could not initialise the windowing system; check the display or use --backend headless"
+        return None
+
+    def open(self) -> None:
+        reason = self.why_not()
+        if reason is not None:
+            raise BackendUnavailable(self.name, reason)
+        import glfw
+        import moderngl
+
+        glfw.window_hint(glfw.CONTEXT_VERSION_MAJOR, 3)
+        glfw.window_hint(glfw.CONTEXT_VERSION_MINOR, 3)
+        glfw.window_hint(glfw.OPENGL_PROFILE, glfw.OPENGL_CORE_PROFILE)
+        glfw.window_hint(glfw.OPENGL_FORWARD_COMPAT, True)
+        self.window = glfw.create_window(self.width, self.height, self.title, None, None)
+        if not self.window:
+            glfw.terminate()
+            raise BackendUnavailable(self.name, "GLFW could not create an OpenGL 3.3 core window; update the graphics driver")
+        glfw.make_context_current(self.window)
+        glfw.swap_interval(1)
+        self.ctx = moderngl.create_context(require=330)
+        self.renderer = Renderer(self.ctx, downscale=self.downscale)
+        glfw.set_key_callback(self.window, self._on_key)
+        glfw.set_mouse_button_callback(self.window, self._on_button)
+        glfw.set_cursor_pos_callback(self.window, self._on_cursor)
+        glfw.set_scroll_callback(self.window, self._on_scroll)
+
+    # -- GLFW callbacks ----------------------------------------------------------------------------------
+
+    def _on_key(self, window, key, scancode, action, mods) -> None:
+        import glfw
+
+        if action != glfw.PRESS:
+            return
+        names = {glfw.KEY_LEFT: "left", glfw.KEY_RIGHT: "right", glfw.KEY_ENTER: "enter", glfw.KEY_KP_ENTER: "enter"}
+        if key == glfw.KEY_ESCAPE:
+            self._events.append(InputEvent("quit"))
+        elif glfw.KEY_0 <= key <= glfw.KEY_9:
+            self._events.append(InputEvent("key", str(key - glfw.KEY_0)))
+        elif glfw.KEY_KP_0 <= key <= glfw.KEY_KP_9:
+            self._events.append(InputEvent("key", str(key - glfw.KEY_KP_0)))
+        elif key in names:
+            self._events.append(InputEvent("key", names[key]))
+
+    def _on_button(self, window, button, action, mods) -> None:
+        import glfw
+
+        if button != glfw.MOUSE_BUTTON_LEFT:
+            return
+        x, y = glfw.get_cursor_pos(window)
+        if action == glfw.PRESS:
+            self._press = self._last = (x, y)
+        elif action == glfw.RELEASE and self._press is not None:
+            if math.dist(self._press, (x, y)) <= CLICK_SLOP_PX:
+                self._events.append(InputEvent("click", ray=self._ray(x, y)))
+            self._press = None
+
+    def _on_cursor(self, window, x, y) -> None:
+        if self._press is not None and self._last is not None:
+            self.yaw = (self.yaw - (x - self._last[0]) * DRAG_DEG_PER_PX + 180.0) % 360.0 - 180.0
+            self.pitch = float(np.clip(self.pitch + (y - self._last[1]) * DRAG_DEG_PER_PX, -89.0, 89.0))
+        self._last = (x, y)
+
+    def _on_scroll(self, window, dx, dy) -> None:
+        self.fov_deg = float(np.clip(self.fov_deg - 5.0 * dy, 30.0, 120.0))
+
+    # -- Backend -----------------------------------------------------------------------------------------
+
+    def _tangents(self) -> Tangents:
+        import glfw
+
+        w, h = glfw.get_framebuffer_size(self.window)
+        tx = math.tan(math.radians(self.fov_deg) / 2)
+        ty = tx * h / max(w, 1)
+        return Tangents(-tx, tx, -ty, ty)
+
+    def _ray(self, x: float, y: float) -> Ray:
+        import glfw
+
+        w, h = glfw.get_window_size(self.window)
+        return Ray(np.zeros(3), pixel_ray(self._tangents(), view_rotation(self.yaw, self.pitch), x, y, w, h))
+
+    def poll_input(self) -> FrameInput:
+        import glfw
+
+        glfw.poll_events()
+        if glfw.window_should_close(self.window):
+            self._events.append(InputEvent("quit"))
+        events, self._events = tuple(self._events), []
+        x, y = glfw.get_cursor_pos(self.window)
+        return FrameInput(head=view_rotation(self.yaw, self.pitch), pointer=self._ray(x, y), events=events)
+
+    def draw(self, frame: Frame) -> None:
+        import glfw
+
+        head = frame.head if frame.head is not None else view_rotation(self.yaw, self.pitch)
+        screen = self.ctx.detect_framebuffer()
+        eye = EyeView(self._tangents(), head, np.zeros(3))
+        self.renderer.draw_eye(screen, eye, stimulus=frame.stimulus, fade=frame.fade, panel=frame.panel)
+        glfw.swap_buffers(self.window)
+        return None
+
+    def close(self) -> None:
+        if self.window is None:
+            return
+        import glfw
+
+        self.renderer.release()
+        self.ctx.release()
+        glfw.destroy_window(self.window)
+        glfw.terminate()
+        self.window = None
+
+
+def _is_macos() -> bool:
+    import sys
+
+    return sys.platform == "darwin"

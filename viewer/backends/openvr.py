@@ -1,0 +1,217 @@
+"""OpenVR backend: a SteamVR scene application for the HTC VIVE Pro Eye (any SteamVR headset works).
+
+Per frame: ``waitGetPoses`` (blocks until SteamVR's "running start"), draw both eyes at the recommended
+render-target size with the eye frusta from ``getProjectionRaw`` and the eye-to-head transforms, submit
+both GL_RGBA8 textures with ``ColorSpace_Gamma`` (the shader already wrote sRGB codes). Controllers come
+through SteamVR Input with the manifest in ``viewer/openvr_actions/``: the trigger selects what the
+controller's laser points at on the panel, with a haptic tick. Between stimuli the compositor fades to
+the same neutral grey the renderer fades to.
+
+``openvr`` is imported only in :meth:`OpenVRBackend.open`; everything geometric lives in
+:mod:`viewer.camera` and is tested without SteamVR.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from importlib import resources
+
+import numpy as np
+
+from study.errors import BackendUnavailable
+from viewer.backends.base import Backend, Capabilities, Frame, FrameInput, InputEvent, Ray
+from viewer.camera import eye_pose, pose_matrix, tangents_from_projection_raw
+from viewer.renderer import GREY_SRGB, EyeView, Renderer
+
+ACTION_SET = "/actions/panostudy"
+
+
+def _init_error_reason(exc: Exception, openvr) -> str:
+    """One line naming the OpenVR init error and its likely cause."""
+    hints = []
+    if not openvr.isRuntimeInstalled():
+        hints.append("SteamVR is not installed (install it from Steam and run it once)")
+    if not openvr.isHmdPresent():
+        hints.append("no HMD detected (connect and power the headset, or enable SteamVR's null driver)")
+    cause = "; ".join(hints) or "start SteamVR and check the headset status"
+    return f"openvr.init failed with {type(exc).__name__}: {cause}; use --backend desktop without a headset"
+
+
+class OpenVRBackend(Backend):
+    """Both eyes of a SteamVR headset.
+
+    Parameters
+    ----------
+    downscale : bool
+        See :class:`viewer.renderer.Renderer`.
+    """
+
+    name = "openvr"
+    capabilities = Capabilities(stereo=True, head_tracking=True, pointer=True, returns_pixels=False, paced=True)
+
+    def __init__(self, *, downscale: bool = False):
+        self.downscale = downscale
+        self.vr = None
+        self._openvr = None
+        self._window = None
+
+    @classmethod
+    def why_not(cls) -> str | None:
+        try:
+            import openvr
+        except ImportError as exc:
+            return f"pyopenvr is not installed ({exc}); pip install 'panostudy[vr]'"
+        if not openvr.isRuntimeInstalled():
+            return "SteamVR is not installed (openvr.isRuntimeInstalled() is false); use --backend desktop"
+        if not openvr.isHmdPresent():
+            return "no HMD detected (openvr.isHmdPresent() is false); connect the headset or use --backend desktop"
+        return None
+
+    def open(self) -> None:
+        try:
+            import openvr
+        except ImportError as exc:
+            raise BackendUnavailable(self.name, f"pyopenvr is not installed ({exc}); pip install 'panostudy[vr]'") from None
+        self._openvr = openvr
+        try:
+            self.vr = openvr.init(openvr.VRApplication_Scene)
+        except openvr.error_code.InitError as exc:
+            raise BackendUnavailable(self.name, _init_error_reason(exc, openvr)) from None
+        try:
+            self._open_gl()
+            self._open_input()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_gl(self) -> None:
+        import glfw
+        import moderngl
+
+        openvr = self._openvr
+        if not glfw.init():
+            raise BackendUnavailable(self.name, "GLFW could not initialise; the headset needs a desktop session with a GPU")
+        glfw.window_hint(glfw.CONTEXT_VERSION_MAJOR, 4)
+        glfw.window_hint(glfw.CONTEXT_VERSION_MINOR, 1)
+        glfw.window_hint(glfw.OPENGL_PROFILE, glfw.OPENGL_CORE_PROFILE)
+        glfw.window_hint(glfw.VISIBLE, False)
+        self._window = glfw.create_window(320, 180, "panostudy (SteamVR)", None, None)
+        if not self._window:
+            raise BackendUnavailable(self.name, "GLFW could not create an OpenGL 4.1 context for the compositor")
+        glfw.make_context_current(self._window)
+        # the compositor paces frames; vsync on the hidden window would only add latency
+        glfw.swap_interval(0)
+        self.ctx = moderngl.create_context(require=410)
+        self.renderer = Renderer(self.ctx, downscale=self.downscale)
+        width, height = self.vr.getRecommendedRenderTargetSize()
+        self.size = (width, height)
+        self._eyes = (openvr.Eye_Left, openvr.Eye_Right)
+        self._tangents = [tangents_from_projection_raw(*self.vr.getProjectionRaw(e)) for e in self._eyes]
+        self._eye_to_head = [_m34(self.vr.getEyeToHeadTransform(e)) for e in self._eyes]
+        self._color = [self.ctx.texture((width, height), 4) for _ in self._eyes]   # GL_RGBA8
+        self._fbos = [self.ctx.framebuffer(color_attachments=[t]) for t in self._color]
+        self._submit = []
+        for texture in self._color:
+            handle = openvr.Texture_t()
+            handle.handle = texture.glo
+            handle.eType = openvr.TextureType_OpenGL
+            handle.eColorSpace = openvr.ColorSpace_Gamma
+            self._submit.append(handle)
+        self._poses = (openvr.TrackedDevicePose_t * openvr.k_unMaxTrackedDeviceCount)()
+        self.compositor = openvr.VRCompositor()
+        self._stats_before = self._cumulative_stats()
+        self._head = np.eye(3)
+        self._head_position = np.zeros(3)
+
+    def _open_input(self) -> None:
+        openvr = self._openvr
+        manifest = resources.files("viewer") / "openvr_actions" / "actions.json"
+        self.input = openvr.VRInput()
+        self.input.setActionManifestPath(str(manifest))
+        self._action_set = self.input.getActionSetHandle(ACTION_SET)
+        self._select = self.input.getActionHandle(f"{ACTION_SET}/in/select")
+        self._pointer = self.input.getActionHandle(f"{ACTION_SET}/in/pointer")
+        self._haptic = self.input.getActionHandle(f"{ACTION_SET}/out/haptic")
+        self._active_sets = (openvr.VRActiveActionSet_t * 1)()
+        self._active_sets[0].ulActionSet = self._action_set
+
+    # -- per frame ---------------------------------------------------------------------------------------
+
+    def poll_input(self) -> FrameInput:
+        openvr = self._openvr
+        events = []
+        event = openvr.VREvent_t()
+        while self.vr.pollNextEvent(event):
+            if event.eventType == openvr.VREvent_Quit:
+                events.append(InputEvent("quit"))
+        self.compositor.waitGetPoses(self._poses, None)
+        hmd = self._poses[openvr.k_unTrackedDeviceIndex_Hmd]
+        if hmd.bPoseIsValid:
+            self._head, self._head_position = pose_matrix(_m34(hmd.mDeviceToAbsoluteTracking))
+        self.input.updateActionState(self._active_sets)
+        pointer = None
+        pose = self.input.getPoseActionDataForNextFrame(
+            self._pointer, openvr.TrackingUniverseStanding, openvr.k_ulInvalidInputValueHandle
+        )
+        if pose.bActive and pose.pose.bPoseIsValid:
+            rotation, origin = pose_matrix(_m34(pose.pose.mDeviceToAbsoluteTracking))
+            pointer = Ray(origin, -rotation[:, 2])
+        select = self.input.getDigitalActionData(self._select, openvr.k_ulInvalidInputValueHandle)
+        if select.bActive and select.bChanged and select.bState and pointer is not None:
+            events.append(InputEvent("click", ray=pointer))
+        return FrameInput(head=self._head, pointer=pointer, events=tuple(events))
+
+    def draw(self, frame: Frame) -> None:
+        openvr = self._openvr
+        head34 = np.hstack([self._head, self._head_position[:, None]])
+        for eye, fbo, tangents, eye_to_head in zip(self._eyes, self._fbos, self._tangents, self._eye_to_head):
+            rotation, position = eye_pose(head34, eye_to_head)
+            self.renderer.draw_eye(fbo, EyeView(tangents, rotation, position), stimulus=frame.stimulus,
+                                   fade=frame.fade, panel=frame.panel)
+        for eye, handle in zip(self._eyes, self._submit):
+            self.compositor.submit(eye, handle)
+        # the submit docstring asks for a glFlush after both eyes; moderngl offers only glFinish, and the
+        # compositor has just taken the textures, so waiting costs nothing that waitGetPoses would not
+        self.ctx.finish()
+        return None
+
+    def fade_to_grey(self, seconds: float, grey: bool) -> None:
+        level = GREY_SRGB / 255.0
+        self.compositor.fadeToColor(seconds, level, level, level, 1.0 if grey else 0.0)
+
+    def tick(self) -> None:
+        self.input.triggerHapticVibrationAction(self._haptic, 0.0, 0.02, 150.0, 0.5, self._openvr.k_ulInvalidInputValueHandle)
+
+    def _cumulative_stats(self):
+        return self.compositor.getCumulativeStats(ctypes.sizeof(self._openvr.Compositor_CumulativeStats))
+
+    def timing_stats(self) -> dict[str, float]:
+        now = self._cumulative_stats()
+        before, self._stats_before = self._stats_before, now
+        return {
+            "compositor_presents": now.m_nNumFramePresents - before.m_nNumFramePresents,
+            "compositor_dropped": now.m_nNumDroppedFrames - before.m_nNumDroppedFrames,
+            "compositor_reprojected": now.m_nNumReprojectedFrames - before.m_nNumReprojectedFrames,
+        }
+
+    def close(self) -> None:
+        if self.vr is None:
+            return
+        if getattr(self, "renderer", None) is not None:
+            self.renderer.release()
+            self.renderer = None
+        if self._window is not None:
+            import glfw
+
+            glfw.destroy_window(self._window)
+            glfw.terminate()
+            self._window = None
+        self._openvr.shutdown()
+        self.vr = None
+
+
+def _m34(matrix) -> np.ndarray:
+    """An ``HmdMatrix34_t`` (or a (3, 4) array) as a (3, 4) float64 array."""
+    if isinstance(matrix, np.ndarray):
+        return matrix
+    return np.array([[matrix.m[r][c] for c in range(4)] for r in range(3)], dtype=np.float64)

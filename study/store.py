@@ -214,7 +214,10 @@ def open_study(db: str | Path) -> StudyDB:
             study = session.scalars(sa.select(Study)).one_or_none()
             if study is None:
                 raise StoreError(f"{url}: the database holds no study; create one with 'panostudy study init'")
-            protocol = parse_protocol(study.protocol_text, source=study.protocol_source, base_dir=study.protocol_base_dir)
+            # The training panoramas are in the stimulus table already; they need not be where they were at init.
+            protocol = parse_protocol(
+                study.protocol_text, source=study.protocol_source, base_dir=study.protocol_base_dir, check_files=False
+            )
     except sa.exc.OperationalError as exc:
         engine.dispose()
         raise StoreError(f"{url}: cannot read the database ({exc.orig}); is it a SQLite study file?") from None

@@ -1,0 +1,132 @@
+"""`panostudy study ...` and `panostudy session ...` through Typer's CliRunner: the whole flow, and exit
+code 2 with one line naming the problem for each kind of bad input (with nothing written)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from _studykit import write_panorama, write_protocol, write_stimuli
+from typer.testing import CliRunner
+
+from study.cli import app
+from study.export import read_answers
+from study.models import Participant, SchemaInfo, Stimulus, StudySession
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, *fragments: str) -> None:
+    """Exit code 2 and a single stderr line holding every fragment."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def count(db_path, model) -> int:
+    engine = sa.create_engine(f"sqlite:///{db_path}")
+    with engine.connect() as connection:
+        total = connection.scalar(sa.select(sa.func.count()).select_from(model))
+    engine.dispose()
+    return total
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A study database with stimuli and two participants, made through the CLI."""
+    db = tmp_path / "study.sqlite"
+    assert invoke("study", "init", "--db", db, "--protocol", write_protocol(tmp_path)).exit_code == 0
+    result = invoke("study", "import-stimuli", "--db", db, write_stimuli(tmp_path / "stimuli"))
+    assert result.exit_code == 0 and "imported 4 stimuli (indoor: 2, street: 2)" in result.output
+    for code in ("P01", "P02"):
+        assert invoke("study", "add-participant", "--db", db, "--code", code, "--age", 30).exit_code == 0
+    return db
+
+
+def test_a_study_runs_from_init_to_export(study, tmp_path):
+    result = invoke("session", "run", "--db", study, "--participant", "P01", "--backend", "none", "--simulate", 4)
+    assert result.exit_code == 0, result.output
+    assert "completed" in result.output
+    result = invoke("session", "run", "--db", study, "--participant", "P02", "--backend", "none", "--simulate", 4,
+                    "--pace", 0)
+    assert result.exit_code == 0
+    info = invoke("study", "info", "--db", study)
+    assert info.exit_code == 0 and "participants: 2 of 4 planned" in info.output and "completed 2" in info.output
+    out = tmp_path / "answers.parquet"
+    result = invoke("study", "export", "--db", study, "--out", out, "--ssq", tmp_path / "ssq.csv",
+                    "--poses", tmp_path / "poses.csv")
+    assert result.exit_code == 0, result.output
+    answers = read_answers(out)
+    assert len(answers) == 30 and set(answers["participant"]) == {"P01", "P02"}
+    assert len(pd.read_csv(tmp_path / "ssq.csv")) == 64 and len(pd.read_csv(tmp_path / "poses.csv")) == 500
+
+
+def test_resume_withdraw_and_delete(study):
+    one_line_error(invoke("session", "resume", "--db", study, "--participant", "P01", "--backend", "none",
+                          "--simulate", 1), "'P01' has no session yet")
+    result = invoke("session", "withdraw", "--db", study, "--participant", "P02", "--reason", "nausea")
+    one_line_error(result, "'P02' has no session yet")
+    assert invoke("session", "run", "--db", study, "--participant", "P02", "--backend", "none", "--simulate", 1).exit_code == 0
+    one_line_error(invoke("session", "withdraw", "--db", study, "--participant", "P02"), "already completed")
+    one_line_error(invoke("session", "run", "--db", study, "--participant", "P02", "--backend", "none", "--simulate", 1),
+                   "already has a session", "session resume")
+    one_line_error(invoke("study", "delete-participant", "--db", study, "--code", "P02"), "--yes")
+    assert count(study, Participant) == 2
+    assert invoke("study", "delete-participant", "--db", study, "--code", "P02", "--yes").exit_code == 0
+    assert count(study, Participant) == 1 and count(study, StudySession) == 0
+
+
+def test_bad_stimuli_exit_2_and_write_nothing(study, tmp_path):
+    before = count(study, Stimulus)
+    write_panorama(tmp_path / "odd" / "street" / "wide.png", width=96, height=32)
+    one_line_error(invoke("study", "import-stimuli", "--db", study, tmp_path / "odd"), "wide.png", "not 2:1")
+    write_stimuli(tmp_path / "beach", scenes=("beach",))
+    one_line_error(invoke("study", "import-stimuli", "--db", study, tmp_path / "beach"), "scene 'beach'", "--scene")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": "gone.png", "scene": "street"}) + "\n")
+    one_line_error(invoke("study", "import-stimuli", "--db", study, tmp_path / "m.jsonl"), "gone.png", "m.jsonl:1", "not found")
+    (tmp_path / "x.png").write_bytes(b"\x89PNG broken")
+    (tmp_path / "y.jsonl").write_text(json.dumps({"path": "x.png", "scene": "street"}) + "\n")
+    one_line_error(invoke("study", "import-stimuli", "--db", study, tmp_path / "y.jsonl"), "x.png", "unreadable image")
+    assert count(study, Stimulus) == before
+
+
+def test_bad_participants_and_answers_exit_2(study, tmp_path):
+    one_line_error(invoke("study", "add-participant", "--db", study, "--code", "P01"), "'P01' is already enrolled")
+    assert count(study, Participant) == 2
+    (tmp_path / "answers.json").write_text(json.dumps({"ssq/pre/1": 0, "ssq/pre/2": 7}))
+    result = invoke("session", "run", "--db", study, "--participant", "P01", "--backend", "none",
+                    "--driver", tmp_path / "answers.json")
+    one_line_error(result, "ssq/pre/2", "value 7 is out of the scale's range 0..3")
+    (tmp_path / "fixed.json").write_text(json.dumps({"ssq/pre/1": 3, "ssq/pre/2": 1}))
+    result = invoke("session", "resume", "--db", study, "--participant", "P01", "--backend", "none",
+                    "--driver", tmp_path / "fixed.json")
+    # The first answer was committed before the bad one: it is kept, and the replay stops at ssq/pre/3.
+    one_line_error(result, "fixed.json", "no answer for step 'ssq/pre/3'")
+    one_line_error(invoke("session", "run", "--db", study, "--participant", "P02", "--backend", "none"),
+                   "--backend none has nobody to answer")
+    one_line_error(invoke("session", "run", "--db", study, "--participant", "P02", "--backend", "holodeck",
+                          "--simulate", 1), "--backend 'holodeck' is unknown")
+    assert count(study, StudySession) == 1
+
+
+def test_bad_databases_exit_2(study, tmp_path):
+    engine = sa.create_engine(f"sqlite:///{study}")
+    with engine.begin() as connection:
+        connection.execute(sa.update(SchemaInfo.__table__).values(version=2))
+    engine.dispose()
+    one_line_error(invoke("study", "info", "--db", study), "schema_info.version is 2", "upgrade panostudy")
+    (tmp_path / "plain").write_text("a file, not a folder")
+    target = tmp_path / "plain" / "study.sqlite"
+    one_line_error(invoke("study", "init", "--db", target, "--protocol", tmp_path / "tiny.toml"), str(target))
+    one_line_error(invoke("study", "info", "--db", tmp_path / "none.sqlite"), "none.sqlite", "study init")
+    (tmp_path / "broken.toml").write_text("name = [")
+    one_line_error(invoke("study", "init", "--db", tmp_path / "new.sqlite", "--protocol", tmp_path / "broken.toml"),
+                   "broken.toml", "invalid TOML")
+    assert not (tmp_path / "new.sqlite").exists()
+    one_line_error(invoke("study", "export", "--db", study, "--out", tmp_path / "a.xlsx"), "a.xlsx", ".csv or .parquet")

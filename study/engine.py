@@ -105,6 +105,9 @@ class SessionEngine:
                 )
             )
         self._trial_by_index = {t.index: t for t in self.trials}
+        # The fixed parts of the step sequence, built once; only minute-rule breaks depend on stored times.
+        self._fixed_trial_steps = {t.index: tuple(self._trial_steps(t)) for t in self.trials}
+        self._fixed_ssq_steps = {phase: tuple(self._ssq_steps(phase)) for phase in ("pre", "post")}
         self._done = self._load_done()
 
     # -- opening -----------------------------------------------------------------------------------------
@@ -224,12 +227,12 @@ class SessionEngine:
         protocol = self.protocol
         yield Step("instructions", "instructions", text=protocol.instructions)
         if protocol.ssq.before:
-            yield from self._ssq_steps("pre")
+            yield from self._fixed_ssq_steps["pre"]
         training = [t for t in self.trials if t.training]
         if training:
             yield Step("instructions", "training/instructions", text=protocol.training.instructions)
         for trial in training:
-            yield from self._trial_steps(trial)
+            yield from self._fixed_trial_steps[trial.index]
         tests = [t for t in self.trials if not t.training]
         for position, trial in enumerate(tests):
             if trial.break_before or (position > 0 and self._minutes_break_due(tests, position)):
@@ -237,9 +240,9 @@ class SessionEngine:
                 yield Step(
                     "break", f"break/{trial.index}", text=rule.text, trial_index=trial.index, min_duration_s=rule.min_duration_s
                 )
-            yield from self._trial_steps(trial)
+            yield from self._fixed_trial_steps[trial.index]
         if protocol.ssq.after:
-            yield from self._ssq_steps("post")
+            yield from self._fixed_ssq_steps["post"]
         yield Step("done", "done")
 
     def _ssq_steps(self, phase: str):
@@ -267,9 +270,10 @@ class SessionEngine:
         minutes = self.protocol.breaks.every_minutes
         if minutes is None:
             return False
-        previous = tests[position - 1]
-        ends = [d.done_at for k, d in self._done.items() if k.startswith(f"trial/{previous.index}/")]
-        if not ends:
+        # A trial ends with its last step; it is finished when the engine reaches the next boundary.
+        last_step = self._fixed_trial_steps[tests[position - 1].index][-1]
+        ended = self._done.get(last_step.key)
+        if ended is None:
             return False
         since = None
         for earlier in reversed(tests[1:position]):
@@ -282,7 +286,7 @@ class SessionEngine:
             if first is None:
                 return False
             since = first.shown_at
-        return max(ends) - since >= timedelta(minutes=minutes)
+        return ended.done_at - since >= timedelta(minutes=minutes)
 
     def current(self) -> Step:
         """The first step not yet finished (``kind == "done"`` once the session is complete)."""

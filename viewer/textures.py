@@ -192,7 +192,7 @@ class StimulusLoader:
 def allocate_stimulus_texture(ctx, size: tuple[int, int]):
     """An empty sRGB texture with storage for every mip level and the stimulus sampling state.
 
-    Trilinear mipmapping, the highest anisotropy the driver offers (≤ 16), GL_REPEAT across longitude
+    Trilinear mipmapping, the highest anisotropy the driver offers (≤ 16; none on llvmpipe), GL_REPEAT across longitude
     and clamp at the poles. Allocation is slow on some drivers, so textures are allocated once per
     size and reused (see :class:`viewer.renderer.Renderer`).
     """
@@ -202,7 +202,10 @@ def allocate_stimulus_texture(ctx, size: tuple[int, int]):
     # moderngl only allows writes to levels that glGenerateMipmap has defined.
     texture.build_mipmaps()
     texture.filter = (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR)
-    texture.anisotropy = min(16.0, ctx.max_anisotropy)
+    # Mesa llvmpipe (22.3) returns wrong texels from textureGrad when anisotropic filtering is on (whole
+    # columns of the LOD transition go wrong); the software renderer gets plain trilinear filtering.
+    software = "llvmpipe" in ctx.info["GL_RENDERER"]
+    texture.anisotropy = 1.0 if software else min(16.0, ctx.max_anisotropy)
     texture.repeat_x = True
     texture.repeat_y = False
     return texture

@@ -1,0 +1,184 @@
+"""The report's matplotlib figures (Agg, no pyplot state); matplotlib is imported only when a figure is drawn."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from analysis.screening import ScreeningResult, p913_bias_removal
+from analysis.ssq import SUBSCALES
+from analysis.table1 import Table1, ordered
+from analysis.simulate import PAPER_SCENES
+
+NO_POSE_NOTE = "no pose data: this study recorded no head-pose samples"
+# viewing_heatmap costs one kernel evaluation per sample and pixel; a map of the whole panel needs neither
+# every 30 Hz sample nor more than ~3° per pixel next to the 10° kernel.
+HEATMAP_MAX_SAMPLES = 1000
+HEATMAP_SIZE = (128, 64)
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def figure_png(fig, *, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def mos_figure(t: Table1):
+    """Mean score with its confidence interval for every scene (x) and scale (one marker series each)."""
+    fig = _figure(7.0, 3.8)
+    ax = fig.add_subplot()
+    x = np.arange(len(t.scenes))
+    width = 0.8 / max(len(t.scales), 1)
+    for k, scale in enumerate(t.scales):
+        rows = t.cells[t.cells["scale"] == scale].set_index("scene").loc[list(t.scenes)]
+        offset = (k - (len(t.scales) - 1) / 2) * width
+        ax.errorbar(x + offset, rows["mos"], yerr=rows["half_width"].fillna(0.0), fmt="o", capsize=3, label=scale)
+    ax.set_xticks(x, t.scenes)
+    ax.set_ylabel("mean score")
+    ax.set_title(f"Table 1 means with {t.ci_method.split(' ')[0]} CIs (screening: {t.screening})")
+    ax.legend(ncols=len(t.scales), loc="lower center", fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def distribution_figure(answers: pd.DataFrame):
+    """Share of each rating value per scene, one panel per scale (stacked horizontal bars)."""
+    scales = ordered(answers["scale"].astype("string").unique(), ("ACR", "VAR", "SSDS", "PCR"))
+    scenes = ordered(answers["scene"].astype("string").unique(), PAPER_SCENES)
+    low, high = int(answers["scale_min"].min()), int(answers["scale_max"].max())
+    values = np.arange(low, high + 1)
+    fig = _figure(7.5, 1.2 + 1.1 * len(scales))
+    axes = fig.subplots(len(scales), 1, sharex=True, squeeze=False)[:, 0]
+    import matplotlib
+
+    colours = matplotlib.colormaps["RdYlGn"](np.linspace(0.1, 0.9, values.size))
+    for ax, scale in zip(axes, scales):
+        rows = answers[answers["scale"].astype("string") == scale]
+        share = pd.crosstab(rows["scene"].astype("string"), rows["value"].round().astype(int), normalize="index")
+        share = share.reindex(index=list(scenes), columns=values, fill_value=0.0)
+        left = np.zeros(len(scenes))
+        for v, colour in zip(values, colours):
+            ax.barh(scenes, share[v], left=left, color=colour, label=str(v))
+            left += share[v].to_numpy()
+        ax.set_ylabel(scale, rotation=0, ha="right", va="center")
+        ax.invert_yaxis()
+    axes[0].legend(ncols=values.size, loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize="small", title="rating")
+    axes[-1].set_xlabel("share of answers")
+    return fig
+
+
+def bias_figure(screened: ScreeningResult, answers: pd.DataFrame):
+    """Each participant's bias (MLE b_s with CI, else the P.913 mean offset); BT.500 rejections in red."""
+    if screened.method == "mle":
+        table = screened.participants.rename(columns={"b_s": "bias"})
+        err = np.vstack([table["bias"] - table["b_s_ci_low"], table["b_s_ci_high"] - table["bias"]])
+        label = "MLE bias b_s (95 % CI)"
+    else:
+        table = p913_bias_removal(answers).participants
+        err = None
+        label = "P.913 bias (mean offset from presentation MOS)"
+    order = np.argsort(table["bias"].to_numpy())
+    table = table.iloc[order].reset_index(drop=True)
+    if err is not None:
+        err = err[:, order]
+    rejected = set(screened.rejected)
+    colours = ["tab:red" if str(p) in rejected else "tab:blue" for p in table["participant"]]
+    fig = _figure(7.5, 3.4)
+    ax = fig.add_subplot()
+    y = np.arange(len(table))
+    ax.errorbar(y, table["bias"], yerr=err, fmt="none", ecolor="0.6", capsize=2)
+    ax.scatter(y, table["bias"], c=colours, zorder=3)
+    ax.axhline(0.0, color="0.3", linewidth=0.8)
+    ax.set_xticks(y, table["participant"].astype(str), rotation=90, fontsize="x-small")
+    ax.set_ylabel(label)
+    title = "per-participant bias"
+    if rejected:
+        title += f" (red: rejected by BT.500, {len(rejected)})"
+    ax.set_title(title)
+    return fig
+
+
+def ssq_figure(scores: pd.DataFrame):
+    """SSQ scores before and after the session, one panel per score, each participant a grey line."""
+    fig = _figure(8.0, 3.0)
+    axes = fig.subplots(1, len(SUBSCALES), squeeze=False)[0]
+    wide = scores.pivot_table(index=["participant", "session"], columns="phase", values=list(SUBSCALES), observed=True)
+    for ax, score in zip(axes, SUBSCALES):
+        if ("pre" in wide[score]) and ("post" in wide[score]):
+            pairs = wide[score][["pre", "post"]].dropna()
+            for _, row in pairs.iterrows():
+                ax.plot([0, 1], [row["pre"], row["post"]], color="0.75", linewidth=0.8)
+            ax.boxplot([pairs["pre"], pairs["post"]], positions=[0, 1], widths=0.35)
+        ax.set_xticks([0, 1], ["pre", "post"])
+        ax.set_title(score, fontsize="medium")
+    axes[0].set_ylabel("weighted SSQ score")
+    return fig
+
+
+def heatmap_figure(poses: pd.DataFrame, thumbnails: Mapping[str, np.ndarray] | None = None):
+    """Head-motion heat map of every scene over a thumbnail of one of its stimuli.
+
+    Parameters
+    ----------
+    poses : pandas.DataFrame
+        Pose samples (``scene, yaw_deg, pitch_deg``); empty when the study recorded none.
+    thumbnails : mapping scene -> (h, w, 3) uint8, optional
+        An equirect thumbnail per scene; a dark background is drawn where one is missing.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With a "no pose data" note instead of maps when ``poses`` is empty.
+
+    Notes
+    -----
+    A scene with more than :data:`HEATMAP_MAX_SAMPLES` samples is thinned to that many evenly spaced
+    samples before ``viewer.heatmap.viewing_heatmap`` is called at :data:`HEATMAP_SIZE`.
+    """
+    if poses is None or len(poses) == 0:
+        fig = _figure(6.0, 1.2)
+        fig.text(0.5, 0.5, NO_POSE_NOTE, ha="center", va="center", fontsize="large")
+        return fig
+    from viewer.heatmap import viewing_heatmap
+
+    scenes = ordered(poses["scene"].astype("string").unique(), PAPER_SCENES)
+    columns = 2 if len(scenes) > 1 else 1
+    rows = int(np.ceil(len(scenes) / columns))
+    fig = _figure(4.2 * columns, 2.3 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    extent = (-180.0, 180.0, -90.0, 90.0)
+    for ax, scene in zip(axes, scenes):
+        samples = poses[poses["scene"].astype("string") == scene]
+        keep = np.unique(np.linspace(0, len(samples) - 1, min(len(samples), HEATMAP_MAX_SAMPLES)).round().astype(int))
+        thinned = samples.iloc[keep]
+        width, height = HEATMAP_SIZE
+        density = viewing_heatmap(thinned["yaw_deg"].to_numpy(float), thinned["pitch_deg"].to_numpy(float),
+                                  width=width, height=height)
+        thumb = (thumbnails or {}).get(scene)
+        if thumb is not None:
+            ax.imshow(thumb, extent=extent, origin="upper", aspect="auto")
+        else:
+            ax.set_facecolor("0.15")
+        ax.imshow(density, extent=extent, origin="upper", aspect="auto", cmap="inferno",
+                  alpha=np.clip(density / density.max(), 0.0, 1.0) * 0.85)
+        ax.set_title(f"{scene} ({len(samples)} samples)", fontsize="medium")
+        ax.set_xticks([-180, -90, 0, 90, 180])
+        ax.set_yticks([-90, 0, 90])
+        ax.set_xlabel("yaw (°)", fontsize="small")
+        ax.set_ylabel("pitch (°)", fontsize="small")
+    for ax in axes[len(scenes):]:
+        ax.set_visible(False)
+    return fig

@@ -167,17 +167,20 @@ def test_participants_are_pseudonymous_and_unique(study_db):
     assert third.number == 2
 
 
-def test_delete_participant_removes_all_their_data_only(study_db):
+def test_delete_participant_removes_all_their_data_only(study_db, tmp_path):
     from study.driver import RaterModel, ScriptedDriver
 
-    for code in ("P01", "P02"):
+    add_participant(study_db, "Xq7-erase-me")
+    for code in ("Xq7-erase-me", "P02"):
         ScriptedDriver(RaterModel(1)).run(SessionEngine.start(study_db, code))
     counts = {model: rows(study_db, model) for model in (Answer, SsqAnswer, PoseSample, StepDone, Trial, Event)}
-    delete_participant(study_db, "P01")
+    delete_participant(study_db, "Xq7-erase-me")
     for model, total in counts.items():
         assert rows(study_db, model) == total // 2, model
     with study_db.Session() as session:
-        assert session.scalars(sa.select(Participant.code)).all() == ["P02"]
+        assert session.scalars(sa.select(Participant.code).order_by(Participant.code)).all() == ["P01", "P02"]
         assert rows(study_db, StudySession) == 1
-    with pytest.raises(StoreError, match="'P01' is not enrolled"):
-        delete_participant(study_db, "P01")
+    # secure_delete and the WAL checkpoint leave no copy of the code in the files.
+    assert not [p.name for p in tmp_path.glob("study.sqlite*") if b"Xq7-erase-me" in p.read_bytes()]
+    with pytest.raises(StoreError, match="'Xq7-erase-me' is not enrolled"):
+        delete_participant(study_db, "Xq7-erase-me")

@@ -290,10 +290,11 @@ class SessionEngine:
 
     def current(self) -> Step:
         """The first step not yet finished (``kind == "done"`` once the session is complete)."""
+        # The sequence ends with "done", which is never stored, so the loop always stops at a step.
         for step in self._steps():
             if step.key not in self._done:
-                return step
-        raise AssertionError("the step sequence always ends with an unfinishable 'done' step")
+                break
+        return step
 
     def progress(self) -> tuple[int, int]:
         """(finished steps, steps in the session) — the total counts minute-rule breaks decided so far."""

@@ -181,7 +181,9 @@ class SessionRunner:
             return None
         if motion is None or not len(motion):
             return self.head
-        row = motion[min(int(np.searchsorted(motion[:, 0], t_s, side="right")) - 1, len(motion) - 1)] if t_s >= motion[0, 0] else motion[0]
+        # the script's pose in effect at t_s; the epsilon absorbs the rounding of summed frame times
+        index = int(np.searchsorted(motion[:, 0], t_s + 1e-9, side="right")) - 1
+        row = motion[min(max(index, 0), len(motion) - 1)]
         self.head = view_rotation(row[1], row[2], row[3])
         return self.head
 

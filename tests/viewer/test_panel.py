@@ -1,0 +1,113 @@
+"""The rating panel: nothing preselected, keys, pointer hit-testing and an explicit confirm."""
+
+import math
+
+import numpy as np
+import pytest
+
+from study.engine import Step
+from viewer.backends.base import InputEvent, Ray
+from viewer.panel import DISTANCE_M, HEIGHT_M, HEIGHT_PX, WIDTH_M, WIDTH_PX, Panel
+
+ACR = Step(
+    "rating", "trial/3/ACR/overall", text="Overall quality?",
+    labels={1: "Bad", 2: "Poor", 3: "Fair", 4: "Good", 5: "Excellent"}, min_value=1, max_value=5, trial_index=3,
+)
+
+
+def key(name):
+    return InputEvent("key", name)
+
+
+def ray_to_box(panel, target, eye=np.zeros(3)):
+    """A ray from ``eye`` through the centre of a button."""
+    box = next(b for b in panel.boxes if b.target == target)
+    x = ((box.x0 + box.x1) / 2 / WIDTH_PX - 0.5) * WIDTH_M
+    y = (0.5 - (box.y0 + box.y1) / 2 / HEIGHT_PX) * HEIGHT_M
+    point = panel.center + x * panel.right + y * panel.up
+    return Ray(eye, (point - eye) / np.linalg.norm(point - eye))
+
+
+def test_nothing_is_preselected_and_enter_alone_does_not_confirm():
+    panel = Panel(ACR, shown_at_s=0.0)
+    assert panel.selected is None
+    assert panel.handle(key("enter"), 1.0) == (None, False)
+
+
+def test_digit_keys_select_within_the_scale_and_enter_confirms():
+    panel = Panel(ACR, shown_at_s=0.0)
+    assert panel.handle(key("9"), 0.5) == (None, False)     # out of range: ignored
+    assert panel.handle(key("0"), 0.5) == (None, False)
+    assert panel.handle(key("4"), 0.6) == (None, True)
+    assert panel.handle(key("2"), 0.7) == (None, True)       # a change of mind
+    result, _ = panel.handle(key("enter"), 0.8)
+    assert result.value == 2
+
+
+def test_arrows_start_at_the_ends_and_stop_there():
+    panel = Panel(ACR, shown_at_s=0.0)
+    panel.handle(key("right"), 0)
+    assert panel.selected == 1
+    panel.handle(key("left"), 0)
+    assert panel.selected == 1
+    for _ in range(6):
+        panel.handle(key("right"), 0)
+    assert panel.selected == 5
+    fresh = Panel(ACR, shown_at_s=0.0)
+    fresh.handle(key("left"), 0)
+    assert fresh.selected == 5
+
+
+@pytest.mark.parametrize("yaw", [0.0, 135.0, -170.0])
+def test_pointer_rays_hit_the_button_they_aim_at(yaw):
+    panel = Panel(ACR, shown_at_s=0.0, yaw_deg=yaw)
+    # the panel hangs DISTANCE_M ahead in the direction the head faced
+    np.testing.assert_allclose(panel.center, DISTANCE_M * np.array([math.sin(math.radians(yaw)), 0, -math.cos(math.radians(yaw))]))
+    for value in range(1, 6):
+        assert panel.hit(ray_to_box(panel, f"value:{value}")) == f"value:{value}"
+    # a controller held low and to the side still hits what it points at
+    controller = np.array([0.25, -0.4, 0.1])
+    assert panel.hit(ray_to_box(panel, "value:3", controller)) == "value:3"
+    assert panel.hit(ray_to_box(panel, "confirm", controller)) == "confirm"
+    # pointing away, or beside the panel, hits nothing
+    assert panel.hit(Ray(np.zeros(3), -panel.forward)) is None
+    assert panel.hit(Ray(np.zeros(3), panel.forward + 2 * panel.right)) is None
+    # between buttons (above the row, left of the question area) hits nothing either
+    assert panel.hit(Ray(np.zeros(3), panel.forward * DISTANCE_M + panel.up * 0.3 - panel.right * 0.55)) is None
+
+
+def test_clicks_select_and_confirm_and_hover_highlights():
+    panel = Panel(ACR, shown_at_s=0.0, yaw_deg=30)
+    assert panel.handle(InputEvent("click", ray=ray_to_box(panel, "confirm")), 0.2) == (None, False)
+    assert panel.handle(InputEvent("click", ray=ray_to_box(panel, "value:5")), 0.3) == (None, True)
+    panel.hover(ray_to_box(panel, "confirm"))
+    assert panel.hovered == "confirm"
+    before = panel.quad(0.35)
+    assert before.image.shape == (HEIGHT_PX, WIDTH_PX, 4)
+    panel.hover(None)
+    after = panel.quad(0.36)
+    assert after.version != before.version and not np.array_equal(after.image, before.image)
+    assert panel.quad(0.37).version == after.version     # unchanged state: no redraw
+    result, _ = panel.handle(InputEvent("click", ray=ray_to_box(panel, "confirm")), 0.4)
+    assert result.value == 5
+
+
+def test_breaks_wait_for_their_minimum_and_instructions_take_no_value():
+    rest = Step("break", "break/4", text="Rest a moment.", trial_index=4, min_duration_s=30.0)
+    panel = Panel(rest, shown_at_s=100.0)
+    assert panel.values == ()
+    assert panel.handle(key("enter"), 129.9) == (None, False)
+    result, _ = panel.handle(key("enter"), 130.0)
+    assert result.value is None
+    info = Panel(Step("instructions", "instructions", text="Look around."), shown_at_s=0.0)
+    assert info.handle(key("3"), 0.1) == (None, False)
+    assert info.handle(key("enter"), 0.2)[0].value is None
+
+
+def test_ssq_items_use_their_own_range():
+    ssq = Step("ssq", "ssq/pre/1", text="How much?\nFatigue", labels={0: "None", 1: "Slight", 2: "Moderate", 3: "Severe"},
+               min_value=0, max_value=3)
+    panel = Panel(ssq, shown_at_s=0.0)
+    assert panel.values == (0, 1, 2, 3)
+    panel.handle(key("0"), 0.1)
+    assert panel.handle(key("enter"), 0.2)[0].value == 0

@@ -25,12 +25,21 @@ def get_dummy_components():
 
 @pytest.fixture(scope="module")
 def tiny_pipe():
-    """The mask-guided pipeline on the tiny model (seed 0), progress bar off; shared within a test module."""
+    """The mask-guided pipeline on the tiny model (seed 0), progress bar off; shared within a test module.
+
+    Runs torch on one thread meanwhile: the tiny model's ops are too small to gain from two, and two threads
+    slow down by up to 10x when other processes share the two cores.
+    """
+    import torch
+
     from generator.tiny import tiny_mask_guided_pipeline
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     pipe = tiny_mask_guided_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    yield pipe
+    torch.set_num_threads(threads)
 
 
 def synthetic_label_array(height: int = 48, width: int = 64) -> np.ndarray:

@@ -354,16 +354,22 @@ class SessionEngine:
         following = self._next_after(step, done)
         try:
             with self.db.Session.begin() as session:
-                session.add(self._record_for(step, value, shown_at, answered_at))
-                if self.status == "planned" or following.kind == "done":
-                    row = session.get(StudySession, self.session_id)
-                    if row.status == "planned":
-                        row.status, row.started_at = "running", shown_at
-                    if following.kind == "done":
-                        row.status, row.ended_at = "completed", answered_at
-                    new_status = row.status
-                else:
-                    new_status = self.status
+                # A Core insert of the one row: no unit-of-work bookkeeping on the participant's critical path.
+                model, row = self._record_for(step, value, shown_at, answered_at)
+                session.execute(sa.insert(model), [row])
+                new_status = self.status
+                if self.status == "planned":
+                    new_status = "running"
+                    session.execute(
+                        sa.update(StudySession).where(StudySession.id == self.session_id)
+                        .values(status=new_status, started_at=shown_at)
+                    )
+                if following.kind == "done":
+                    new_status = "completed"
+                    session.execute(
+                        sa.update(StudySession).where(StudySession.id == self.session_id)
+                        .values(status=new_status, ended_at=answered_at)
+                    )
         except sa.exc.IntegrityError:
             raise SessionError(
                 f"step '{key}' is already recorded (another process is running this session?); resume it instead"
@@ -394,21 +400,23 @@ class SessionEngine:
         finally:
             self._done = saved
 
-    def _record_for(self, step: Step, value: int | None, shown_at: datetime, answered_at: datetime):
+    def _record_for(self, step: Step, value: int | None, shown_at: datetime, answered_at: datetime) -> tuple[type, dict]:
+        """(model, row) that records a finished step."""
+        times = dict(session_id=self.session_id, shown_at=shown_at)
         response_time_s = (answered_at - shown_at).total_seconds()
         if step.kind == "rating":
             _, _, scale, item = step.key.split("/", 3)
-            return Answer(
-                session_id=self.session_id, trial_id=self._trial_by_index[step.trial_index].id, scale=scale, item=item,
-                value=value, response_time_s=response_time_s, shown_at=shown_at, answered_at=answered_at,
+            trial_id = self._trial_by_index[step.trial_index].id
+            return Answer, dict(
+                times, trial_id=trial_id, scale=scale, item=item, value=value, response_time_s=response_time_s,
+                answered_at=answered_at,
             )
         if step.kind == "ssq":
             _, phase, number = step.key.split("/")
-            return SsqAnswer(
-                session_id=self.session_id, phase=phase, item=int(number), value=value,
-                response_time_s=response_time_s, shown_at=shown_at, answered_at=answered_at,
+            return SsqAnswer, dict(
+                times, phase=phase, item=int(number), value=value, response_time_s=response_time_s, answered_at=answered_at
             )
-        return StepDone(session_id=self.session_id, key=step.key, shown_at=shown_at, done_at=answered_at)
+        return StepDone, dict(times, key=step.key, done_at=answered_at)
 
     def record_poses(self, trial_index: int, samples: Sequence[tuple[float, float, float, float]]) -> None:
         """Stores head orientation samples ``(t_s since shown, yaw_deg, pitch_deg, roll_deg)`` in one batch.

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 import sqlalchemy as sa
+import sqlalchemy.orm as so
 
 from study.errors import SessionError
 from study.models import (
@@ -101,7 +102,7 @@ class SessionEngine:
                 PlannedTrialRow(t.id, t.index, t.stimulus.path, t.stimulus.scene, t.training, tuple(t.scale_order), t.break_before)
                 for t in session.scalars(
                     sa.select(Trial).where(Trial.session_id == session_id).order_by(Trial.index)
-                    .options(sa.orm.joinedload(Trial.stimulus))
+                    .options(so.joinedload(Trial.stimulus))
                 )
             )
         self._trial_by_index = {t.index: t for t in self.trials}

@@ -590,3 +590,71 @@ class MaskGuidedStableDiffusionPipeline(StableDiffusionPipeline):
                 latents = latents - step * gradient
         store.reset()
         return latents.detach(), float(loss)
+
+
+TINY_MODEL = "tiny"
+
+
+def load_mask_guided_pipeline(
+    model: str | None = None,
+    *,
+    device: str = "cpu",
+    fp16: bool = False,
+    attention_slicing: bool = False,
+    cpu_offload: bool = False,
+) -> MaskGuidedStableDiffusionPipeline:
+    """Load the stage-1 pipeline: the offline tiny model or real Stable Diffusion weights.
+
+    Parameters
+    ----------
+    model : str or None
+        ``None`` or ``"tiny"``: :func:`generator.tiny.tiny_mask_guided_pipeline` (placeholder images, not
+        meaningful). Otherwise a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``,
+        ``stabilityai/stable-diffusion-2-1-base``; must already be in the local cache when offline) or a local
+        diffusers folder.
+    device : str
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, …
+    fp16 : bool
+        Half-precision weights; needs a GPU.
+    attention_slicing : bool
+        diffusers' attention slicing (less GPU memory, a little slower); the cross-attention layers read by
+        the guidance use their own processor during a call.
+    cpu_offload : bool
+        diffusers' model CPU offload onto ``device`` (GPU only).
+
+    Returns
+    -------
+    MaskGuidedStableDiffusionPipeline
+        With the safety checker off: it blanks false positives, which would silently spoil study stimuli.
+    """
+    from study.errors import PanostudyError
+
+    if (fp16 or cpu_offload) and not str(device).startswith("cuda"):
+        raise PanostudyError(f"--fp16 and --cpu-offload need a CUDA GPU but the device is '{device}'; drop them")
+    if model in (None, TINY_MODEL):
+        from generator.tiny import tiny_mask_guided_pipeline
+
+        pipeline = tiny_mask_guided_pipeline(seed=0)
+        if fp16:
+            pipeline.to(torch_dtype=torch.float16)
+    else:
+        try:
+            pipeline = MaskGuidedStableDiffusionPipeline.from_pretrained(
+                model,
+                dtype=torch.float16 if fp16 else torch.float32,
+                safety_checker=None,
+                requires_safety_checker=False,
+            )
+        except (OSError, ValueError) as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise PanostudyError(
+                f"--model '{model}': cannot load a Stable Diffusion pipeline ({first_line}); pass a local diffusers "
+                "folder or a hub id that is in the local cache"
+            ) from None
+    if attention_slicing:
+        pipeline.enable_attention_slicing()
+    if cpu_offload:
+        pipeline.enable_model_cpu_offload(device=device)
+    else:
+        pipeline.to(device)
+    return pipeline

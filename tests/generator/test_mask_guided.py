@@ -249,3 +249,45 @@ def test_bad_arguments_are_refused_before_any_work(tiny_pipe, options, message):
     with pytest.raises(SceneSpecError, match=message):
         tiny_pipe(PROMPT, arguments["objects"], arguments["masks"], num_inference_steps=4,
                   **{k: v for k, v in options.items() if k not in ("objects", "masks")})
+
+
+# --- the command -------------------------------------------------------------------------------------------------
+
+
+def test_generate_image_command_writes_png_and_sidecar(tmp_path, tiny_pipe):
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from study.cli import app
+
+    out = tmp_path / "shots" / "vehicle.png"
+    result = CliRunner().invoke(
+        app, ["generate", "image", "--scene", "data/scenes/vehicle.toml", "--layout", "vehicle_b", "--steps", "2",
+              "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "PLACEHOLDERS, NOT MEANINGFUL" in result.output
+    assert Image.open(out).size == (64, 64)
+    metadata = json.loads(out.with_suffix(".json").read_text())
+    assert metadata["placeholder_not_meaningful"] is True
+    assert (metadata["layout"], metadata["seed"], metadata["steps"], metadata["guided_steps"]) == ("vehicle_b", 12, 2, 1)
+    assert set(metadata["mask_alignment"]) == {"car", "road", "building", "sky"}
+    assert all(0 < share < 1 for share in metadata["mask_alignment"].values())
+    assert metadata["masks"]["format"] == "cityscapes"
+
+
+def test_generate_image_command_refuses_bad_input_before_writing(tmp_path):
+    from typer.testing import CliRunner
+
+    from study.cli import app
+
+    runner = CliRunner()
+    bad_out = runner.invoke(app, ["generate", "image", "--scene", "data/scenes/vehicle.toml", "--out", str(tmp_path / "x.jpg")])
+    assert bad_out.exit_code != 0 and "--out" in bad_out.output and "write a .png file" in bad_out.output
+    bad_layout = runner.invoke(
+        app, ["generate", "image", "--scene", "data/scenes/vehicle.toml", "--layout", "nope", "--out", str(tmp_path / "x.png")]
+    )
+    assert bad_layout.exit_code != 0 and "no layout 'nope'; this spec has: vehicle_a" in bad_layout.output
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,11 @@ PRESENTATION = ("stimulus", "scale", "item")
 _Z95 = stats.norm.ppf(0.975)
 # Keeps w_es finite when a participant and a content both fit exactly (the likelihood is unbounded there).
 _MIN_VARIANCE = 1e-6
+# Share of each block update applied per sweep. The likelihood grows without bound as a participant's
+# v_s and the a_c of everything they rated go to 0 (one participant then "explains" x_e exactly); full
+# steps run into that degenerate corner, damped ones stay at the interior maximum that sureal (which
+# damps by the same 0.1) reports.
+_STEP = 0.1
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,26 @@ def mle_log_likelihood(u_es: np.ndarray, x_e: np.ndarray, b_s: np.ndarray, v_s: 
     return float(np.nansum(-0.5 * (np.log(2.0 * np.pi * s2) + r2 / s2) * np.isfinite(u_es)))
 
 
+def _variance_newton_terms(r2: np.ndarray, s2: np.ndarray, mask: np.ndarray, sd: np.ndarray):
+    """First and second derivatives of log L_es with respect to one standard deviation term σ of s² = v² + a².
+
+    d/dσ = σ (r² − s²) / s⁴;  d²/dσ² = (r² − s²) / s⁴ − 2σ² / s⁴ − 4σ² (r² − s²) / s⁶.
+    """
+    excess = r2 - s2
+    s4 = s2 * s2
+    grad = mask * sd * excess / s4
+    hess = mask * (excess / s4 - 2.0 * sd**2 / s4 - 4.0 * sd**2 * excess / (s4 * s2))
+    return grad, hess
+
+
+def _newton_step(grad: np.ndarray, hess: np.ndarray) -> np.ndarray:
+    """−g/H where the log-likelihood is locally concave (H < 0); no move elsewhere."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(hess < 0, -grad / hess, 0.0)
+
+
 def mle_subjective_model(answers: pd.DataFrame, *, content: str = "stimulus", value: str = "value",
-                         tol: float = 1e-8, max_iter: int = 5000) -> MleFit:
+                         tol: float = 1e-8, max_iter: int = 20000) -> MleFit:
     """Fits x_e (true quality), b_s (bias), v_s (inconsistency) and a_c (content ambiguity) by maximum likelihood.
 
     Parameters
@@ -78,7 +101,7 @@ def mle_subjective_model(answers: pd.DataFrame, *, content: str = "stimulus", va
     content : str
         Column defining the content c(e) that shares an ambiguity a_c; by default the panorama itself.
     tol, max_iter : float, int
-        Stop when max |Δx_e| < ``tol`` or after ``max_iter`` sweeps.
+        Stop when every x_e is within ``tol`` of its target or after ``max_iter`` sweeps.
 
     Returns
     -------
@@ -87,12 +110,17 @@ def mle_subjective_model(answers: pd.DataFrame, *, content: str = "stimulus", va
     Notes
     -----
     Model: u_es = x_e + b_s + ε_es, ε_es ~ N(0, v_s² + a_c(e)²), with Σ_s b_s = 0 for identifiability.
-    Each sweep updates the blocks in turn, with w_es = 1 / (v_s² + a_c(e)²) and r_es = u_es − x_e − b_s:
+    Each sweep moves every block 10 % of its step, in the order b, v, a, x (as sureal), with
+    w_es = 1 / (v_s² + a_c(e)²) and r_es = u_es − x_e − b_s:
 
-    * b_s = Σ_e w_es (u_es − x_e) / Σ_e w_es and x_e = Σ_s w_es (u_es − b_s) / Σ_s w_es (exact
-      conditional maxima), then b_s is centred and x_e shifted by the same amount;
-    * v_s² ← v_s² + Σ_e (r_es² − 1/w_es) w_es² / Σ_e w_es² (a Fisher-scoring step on the variance, exact
-      when a_c = 0), and likewise a_c² over the presentations of content c; both kept ≥ 0.
+    * b_s → Σ_e w_es (u_es − x_e) / Σ_e w_es and x_e → Σ_s w_es (u_es − b_s) / Σ_s w_es (the exact
+      conditional maxima);
+    * v_s and a_c take a Newton step on log L (derivatives in :func:`_variance_newton_terms`, summed over
+      the participant's presentations, or over all answers to content c), kept ≥ 0.
+
+    The damping matters: the likelihood is unbounded where some v_s and the a_c of everything that
+    participant rated are 0, and undamped steps run into that corner. Finally b_s is centred and x_e
+    shifted by the same amount.
 
     Standard errors are 1/√I from the Fisher information of each parameter given the others (as sureal):
     I(x_e) = Σ_s w_es, I(b_s) = Σ_e w_es, I(v_s) = Σ_e 2 v_s² w_es², I(a_c) = Σ_{e∈c, s} 2 a_c² w_es²;
@@ -132,32 +160,38 @@ def mle_subjective_model(answers: pd.DataFrame, *, content: str = "stimulus", va
     b_s = np.zeros(n_s)
     resid = u - x_e[:, None]
     v2 = np.nanmean(resid**2, axis=0)
-    a2 = np.array([np.nanmean(resid[c_of_e == c] ** 2) for c in range(n_c)]) * 0.5
-    v2 *= 0.5
+    a2 = np.array([np.nanmean(resid[c_of_e == c] ** 2) for c in range(n_c)])
     u0 = np.where(observed, u, 0.0)
 
     converged = False
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        x_prev = x_e
-        w = mask / np.maximum(v2[None, :] + a2[c_of_e][:, None], _MIN_VARIANCE)
-        b_s = (w * (u0 - x_e[:, None])).sum(axis=0) / w.sum(axis=0)
-        x_e = (w * (u0 - b_s[None, :])).sum(axis=1) / w.sum(axis=1)
-        shift = b_s.mean()
-        b_s = b_s - shift
-        x_e = x_e + shift
+        s2 = np.maximum(v2[None, :] + a2[c_of_e][:, None], _MIN_VARIANCE)
+        w = mask / s2
+        b_target = (w * (u0 - x_e[:, None])).sum(axis=0) / w.sum(axis=0)
+        b_s = b_s + _STEP * (b_target - b_s)
         r2 = mask * (u0 - x_e[:, None] - b_s[None, :]) ** 2
+        v_s = np.sqrt(v2)
+        grad, hess = _variance_newton_terms(r2, s2, mask, v_s[None, :])
+        v_s = np.maximum(v_s + _STEP * _newton_step(grad.sum(axis=0), hess.sum(axis=0)), 0.0)
+        v2 = v_s**2
         s2 = np.maximum(v2[None, :] + a2[c_of_e][:, None], _MIN_VARIANCE)
-        w2 = mask / s2**2
-        v2 = np.maximum(v2 + (w2 * (r2 - s2)).sum(axis=0) / w2.sum(axis=0), 0.0)
-        s2 = np.maximum(v2[None, :] + a2[c_of_e][:, None], _MIN_VARIANCE)
-        w2 = mask / s2**2
-        num = np.bincount(c_of_e, (w2 * (r2 - s2)).sum(axis=1), minlength=n_c)
-        den = np.bincount(c_of_e, w2.sum(axis=1), minlength=n_c)
-        a2 = np.maximum(a2 + num / den, 0.0)
-        if np.max(np.abs(x_e - x_prev)) < tol:
+        a_c = np.sqrt(a2)
+        grad, hess = _variance_newton_terms(r2, s2, mask, a_c[c_of_e][:, None])
+        step = _newton_step(np.bincount(c_of_e, grad.sum(axis=1), minlength=n_c),
+                            np.bincount(c_of_e, hess.sum(axis=1), minlength=n_c))
+        a2 = np.maximum(a_c + _STEP * step, 0.0) ** 2
+        w = mask / np.maximum(v2[None, :] + a2[c_of_e][:, None], _MIN_VARIANCE)
+        x_target = (w * (u0 - b_s[None, :])).sum(axis=1) / w.sum(axis=1)
+        change = np.max(np.abs(x_target - x_e))
+        x_e = x_e + _STEP * (x_target - x_e)
+        if change < tol:
             converged = True
             break
+    # Identifiability: Σ_s b_s = 0; the shift moves to x_e and leaves every prediction x_e + b_s unchanged.
+    shift = b_s.mean()
+    b_s = b_s - shift
+    x_e = x_e + shift
 
     # 3. Fisher information of each parameter given the others.
     s2 = np.maximum(v2[None, :] + a2[c_of_e][:, None], _MIN_VARIANCE)

@@ -165,7 +165,7 @@ def upscale_panorama(
     if width != 2 * height:
         raise StimulusError(f"target size {width}x{height}: must be 2:1, e.g. 4096x2048")
     if image.ndim != 3 or image.shape[1] != 2 * image.shape[0]:
-        raise StimulusError(f"panorama of shape {image.shape}: must be (H, 2H, 3) to be upscaled")
+        raise StimulusError(f"panorama of shape {image.shape}: must be 2:1 (H, 2H, 3) to be upscaled")
     if model is not None:
         image = super_resolve(image, model, tile=tile, overlap=overlap)
     return resize_equirect(image, width, height)

@@ -6,7 +6,6 @@ imports torch, diffusers and OpenGL inside its functions so that ``panostudy --h
 
 from __future__ import annotations
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -16,14 +15,14 @@ from study.errors import PanostudyError
 class _OneLineErrors(TyperGroup):
     """Turns a :class:`PanostudyError` from any subcommand into one line on stderr and exit code 2."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except PanostudyError as exc:
             from study.cli._console import err_console
 
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise click.exceptions.Exit(2) from None
+            raise typer.Exit(2) from None
 
 
 app = typer.Typer(

@@ -95,7 +95,8 @@ class StimulusTextures:
         :meth:`update` as frames go by. Textures of stimuli no longer wanted may be reused."""
         self._wanted = list(dict.fromkeys(paths))
         for path in self._wanted:
-            self.loader.request(path)
+            if not self._complete(path):
+                self.loader.request(path)
 
     def _slot_for(self, size: tuple[int, int], path: str):
         for slot in self._textures:

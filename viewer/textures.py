@@ -1,6 +1,6 @@
 """Stimulus images: checked decoding, sRGB-correct mip chains, and uploads that never stall a frame.
 
-A stimulus is decoded and its whole mip chain computed on a background thread
+A stimulus is decoded and its whole mip chain computed in a low-priority background process
 (:class:`StimulusLoader`); the render thread then copies it into a GPU texture a few megabytes per
 frame through a pixel-buffer object (:class:`SpreadUpload`), so a switch never costs more than one
 chunk of upload in any frame. ``glGenerateMipmap`` is never called for a stimulus: on a software
@@ -9,9 +9,12 @@ rasteriser it takes a whole frame or more for an 8192 × 4096 image.
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+import contextlib
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +66,7 @@ def decode_stimulus(path: str | Path, *, max_width: int = MAX_WIDTH, downscale: 
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise StimulusError(f"{path}: stimulus file not found; check the path")
     try:
         with Image.open(path) as image:
@@ -124,15 +127,26 @@ def mip_chain(image: np.ndarray) -> list[np.ndarray]:
 
 @dataclass(frozen=True)
 class DecodedStimulus:
-    """A stimulus ready for upload: its path and mip chain (level 0 first)."""
+    """A stimulus ready for upload: its path and mip chain (level 0 first).
+
+    The levels may be views into a shared-memory block written by the decoding process; call
+    :meth:`release` once they are uploaded.
+    """
 
     path: str
     levels: tuple[np.ndarray, ...]
+    shared: SharedMemory | None = None
 
     @property
     def size(self) -> tuple[int, int]:
         h, w = self.levels[0].shape[:2]
         return w, h
+
+    def release(self) -> None:
+        """Frees the shared-memory block behind the levels (they must not be used afterwards)."""
+        if self.shared is not None:
+            self.shared.close()
+            self.shared.unlink()
 
 
 def decode_with_mips(path: str | Path, *, max_width: int = MAX_WIDTH, downscale: bool = False) -> DecodedStimulus:
@@ -140,8 +154,42 @@ def decode_with_mips(path: str | Path, *, max_width: int = MAX_WIDTH, downscale:
     return DecodedStimulus(str(path), tuple(mip_chain(decode_stimulus(path, max_width=max_width, downscale=downscale))))
 
 
+def _decode_to_shared_memory(path: str, max_width: int, downscale: bool) -> tuple[str, list[tuple[int, ...]]]:
+    """Runs in the decoding process: the mip chain, packed into a new shared-memory block."""
+    levels = decode_with_mips(path, max_width=max_width, downscale=downscale).levels
+    block = SharedMemory(create=True, size=sum(level.nbytes for level in levels))
+    offset = 0
+    for level in levels:
+        np.ndarray(level.shape, np.uint8, buffer=block.buf, offset=offset)[...] = level
+        offset += level.nbytes
+    name = block.name
+    block.close()
+    return name, [level.shape for level in levels]
+
+
+def _lower_priority() -> None:
+    # Decoding is background work: on a machine without a GPU the renderer needs every core it can get.
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(19)
+
+
+def _attach(path: str, name: str, shapes: list[tuple[int, ...]]) -> DecodedStimulus:
+    block = SharedMemory(name=name)
+    levels, offset = [], 0
+    for shape in shapes:
+        level = np.ndarray(shape, np.uint8, buffer=block.buf, offset=offset)
+        levels.append(level)
+        offset += level.nbytes
+    return DecodedStimulus(path, tuple(levels), block)
+
+
 class StimulusLoader:
-    """Decodes stimuli on one background thread; the render thread only ever asks for finished ones.
+    """Decodes stimuli in one low-priority background process; the render thread only ever picks up
+    finished ones.
+
+    A process rather than a thread, because decoding an 8192 × 4096 PNG and its mips holds Python's
+    GIL for long stretches, which would stall the render loop; the mip chain comes back through shared
+    memory, so nothing large is pickled.
 
     Parameters
     ----------
@@ -154,39 +202,63 @@ class StimulusLoader:
     def __init__(self, *, max_width: int = MAX_WIDTH, downscale: bool = False):
         self.max_width = max_width
         self.downscale = downscale
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stimulus-decode")
-        self._jobs: dict[str, Future[DecodedStimulus]] = {}
-        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        self._jobs: dict[str, Future] = {}
+        self._done: dict[str, DecodedStimulus] = {}
 
     def request(self, path: str) -> None:
         """Starts decoding ``path`` unless it is already queued or done."""
-        with self._lock:
-            if path not in self._jobs:
-                self._jobs[path] = self._pool.submit(decode_with_mips, path, max_width=self.max_width, downscale=self.downscale)
+        if path in self._jobs:
+            return
+        if self._pool is None:
+            # spawn: forking a process that holds a GL context and threads is unsafe
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority)
+        self._jobs[path] = self._pool.submit(_decode_to_shared_memory, path, self.max_width, self.downscale)
 
     def ready(self, path: str) -> DecodedStimulus | None:
         """The decoded stimulus if it is finished, else None; re-raises its StimulusError."""
-        with self._lock:
-            job = self._jobs.get(path)
+        job = self._jobs.get(path)
         if job is None or not job.done():
             return None
-        return job.result()
+        return self._result(path, job)
 
     def wait(self, path: str) -> DecodedStimulus:
         """Blocks until ``path`` is decoded (requesting it if needed)."""
         self.request(path)
-        with self._lock:
-            job = self._jobs[path]
-        return job.result()
+        return self._result(path, self._jobs[path])
+
+    def _result(self, path: str, job: Future) -> DecodedStimulus:
+        if path not in self._done:
+            try:
+                name, shapes = job.result()
+            except BaseException:
+                # a failed decode may be retried (e.g. after the file was fixed)
+                del self._jobs[path]
+                raise
+            self._done[path] = _attach(path, name, shapes)
+        return self._done[path]
 
     def forget(self, path: str) -> None:
-        """Drops a decoded stimulus so its memory can be freed."""
-        with self._lock:
-            self._jobs.pop(path, None)
+        """Drops a decoded stimulus and frees its memory."""
+        job = self._jobs.pop(path, None)
+        decoded = self._done.pop(path, None)
+        if decoded is not None:
+            decoded.release()
+        elif job is not None and job.done() and job.exception() is None:
+            _attach(path, *job.result()).release()
 
     def close(self) -> None:
-        """Stops the thread after the job in progress."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stops the decoding process and frees every block not yet picked up."""
+        for path in list(self._jobs):
+            job = self._jobs[path]
+            if not job.done():
+                job.cancel()
+            with contextlib.suppress(Exception):
+                job.result()
+            self.forget(path)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def allocate_stimulus_texture(ctx, size: tuple[int, int]):

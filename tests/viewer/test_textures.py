@@ -1,6 +1,6 @@
 """Stimulus checks, sRGB mip chains, and preparation that never blocks the render loop."""
 
-import threading
+import os
 
 import numpy as np
 import pytest
@@ -67,36 +67,29 @@ def test_spread_upload_moves_every_level_in_bounded_steps(headless, tmp_path):
     texture.release()
 
 
-def test_background_preload_does_not_block_the_render_loop(headless, tmp_path, monkeypatch):
+def test_background_preload_does_not_block_the_render_loop(headless, tmp_path):
+    # The stimulus is a named pipe: its decoder waits until the test writes the PNG into it, so the
+    # render loop runs while a decode is certainly in progress.
     backend = headless(8, 8)
     stimuli = backend.renderer.stimuli
-    release = threading.Event()
-    started = threading.Event()
-    real = textures.decode_with_mips
-
-    def slow_decode(path, **options):
-        started.set()
-        assert release.wait(10)
-        return real(path, **options)
-
-    monkeypatch.setattr(textures, "decode_with_mips", slow_decode)
-    path = str(_save(tmp_path / "slow.png", 128, 64))
-    stimuli.want([path])
-    assert started.wait(10)
-    # while the decode is stuck, frames go on: update() returns and the stimulus is simply not there yet
+    source = _save(tmp_path / "source.png", 128, 64)
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+    stimuli.want([str(pipe)])
     for _ in range(5):
-        stimuli.update()
-        assert stimuli.get(path) is None
-    release.set()
-    stimuli.loader.wait(path)
+        stimuli.update()          # returns although the decoder is stuck
+        assert stimuli.get(str(pipe)) is None
+    with open(pipe, "wb") as writer:
+        writer.write(source.read_bytes())
+    stimuli.loader.wait(str(pipe))
     for _ in range(10):
         stimuli.update()
-        if stimuli.get(path) is not None:
+        if stimuli.get(str(pipe)) is not None:
             break
-    texture = stimuli.get(path)
+    texture = stimuli.get(str(pipe))
     assert texture is not None
     np.testing.assert_array_equal(
-        np.frombuffer(texture.read(alignment=1), np.uint8).reshape(64, 128, 3), np.asarray(Image.open(path))
+        np.frombuffer(texture.read(alignment=1), np.uint8).reshape(64, 128, 3), np.asarray(Image.open(source))
     )
 
 

@@ -1,0 +1,120 @@
+"""Viewer frame times: two 1440 × 1600 eye buffers from an 8192 × 4096 stimulus, headless (EGL).
+
+Prints the time of a normal frame, the longest frame while the next stimulus is switched in with
+background preload (decode + mips on a thread, upload a strip per frame), and the same switch without
+preload (decode and upload inside the frame that needs it), as a baseline. Goal: the longest frame of
+a preloaded switch is at most 1.5 × a normal frame.
+
+Run: ``.venv/bin/python benchmarks/bench_viewer.py [--frames 30] [--size 8192]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from viewer.backends.base import Frame
+from viewer.backends.headless import HeadlessBackend
+from viewer.camera import view_rotation
+
+EYE_W, EYE_H = 1440, 1600
+FOV = (100.0, 110.0)
+
+
+def make_stimulus(path: Path, width: int, seed: int) -> None:
+    """A detailed panorama: smooth noise upsampled, plus fine stripes (PNG, fast compression)."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)).resize((width, width // 2), Image.Resampling.BICUBIC)
+    pixels = np.asarray(coarse).copy()
+    pixels[:, ::7] //= 2
+    Image.fromarray(pixels).save(path, compress_level=1)
+
+
+def frame(backend: HeadlessBackend, texture, yaw: float) -> float:
+    """One frame as the session runner does it: the upload share, both eyes, and wait for the GPU."""
+    start = time.perf_counter()
+    backend.renderer.stimuli.update()
+    backend.draw(Frame(stimulus=texture, head=view_rotation(yaw, 0.0)))
+    return (time.perf_counter() - start) * 1000.0
+
+
+def normal_frames(backend, texture, count: int) -> np.ndarray:
+    return np.array([frame(backend, texture, 3.0 * i) for i in range(count)])
+
+
+def switch_with_preload(backend, shown, path: str) -> tuple[np.ndarray, int]:
+    """Frames of `shown` while `path` decodes and uploads in the background, then one frame of it."""
+    stimuli = backend.renderer.stimuli
+    stimuli.want([path])
+    times = []
+    while stimuli.get(path) is None:
+        times.append(frame(backend, shown, 0.0))
+    stimuli.show(path)
+    times.append(frame(backend, stimuli.get(path), 0.0))
+    return np.array(times), len(times)
+
+
+def switch_without_preload(backend, path: str) -> float:
+    """The frame that needs `path` decodes and uploads it itself."""
+    start = time.perf_counter()
+    texture = backend.renderer.stimuli.get(path, block=True)
+    backend.renderer.stimuli.show(path)
+    backend.draw(Frame(stimulus=texture, head=view_rotation(0.0, 0.0)))
+    return (time.perf_counter() - start) * 1000.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=30, help="normal frames to time")
+    parser.add_argument("--size", type=int, default=8192, help="stimulus width (height is half)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [Path(folder) / f"stimulus{i}.png" for i in range(4)]
+        start = time.perf_counter()
+        for i, path in enumerate(paths):
+            make_stimulus(path, args.size, i)
+        print(f"wrote 4 stimuli of {args.size}x{args.size // 2} in {time.perf_counter() - start:.1f} s")
+
+        with HeadlessBackend(EYE_W, EYE_H, fov_deg=FOV, eyes=2, read_pixels=False) as backend:
+            info = backend.ctx.info
+            print(f"renderer: {info['GL_RENDERER']} ({info['GL_VERSION']}), GL_MAX_TEXTURE_SIZE {info['GL_MAX_TEXTURE_SIZE']}")
+            stimuli = backend.renderer.stimuli
+            start = time.perf_counter()
+            stimuli.reserve((args.size, args.size // 2))
+            print(f"texture slots allocated once per session: {(time.perf_counter() - start) * 1000:.0f} ms")
+
+            start = time.perf_counter()
+            first = stimuli.get(str(paths[0]), block=True)
+            stimuli.show(str(paths[0]))
+            print(f"first stimulus, blocking decode + mips + upload: {(time.perf_counter() - start) * 1000:.0f} ms")
+
+            normal = normal_frames(backend, first, args.frames)
+            print(f"normal frame (2 eyes {EYE_W}x{EYE_H}): median {np.median(normal):.1f} ms, "
+                  f"p95 {np.percentile(normal, 95):.1f} ms, max {normal.max():.1f} ms")
+
+            decode_start = time.perf_counter()
+            switch, count = switch_with_preload(backend, first, str(paths[1]))
+            print(f"switch with preload: {count} frames ({(time.perf_counter() - decode_start):.2f} s) until the next "
+                  f"stimulus was ready; longest frame {switch.max():.1f} ms = {switch.max() / np.median(normal):.2f} x normal "
+                  f"(median during switch {np.median(switch):.1f} ms)")
+
+            # second preloaded switch, to show it is not a first-time effect
+            switch2, count2 = switch_with_preload(backend, stimuli.get(str(paths[1])), str(paths[2]))
+            print(f"switch with preload (again): {count2} frames; longest {switch2.max():.1f} ms = "
+                  f"{switch2.max() / np.median(normal):.2f} x normal")
+
+            stimuli.show(str(paths[2]))
+            stall = switch_without_preload(backend, str(paths[3]))
+            print(f"switch without preload: one frame of {stall:.0f} ms = {stall / np.median(normal):.1f} x normal")
+            print(f"threads alive: {threading.active_count()}")
+
+
+if __name__ == "__main__":
+    main()

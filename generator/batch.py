@@ -26,7 +26,8 @@ from generator.manifest import (
     model_fingerprint,
     rank_manifest_path,
 )
-from generator.panorama_pipeline import TINY_MODEL, PanoramaSettings, load_panorama_pipeline
+from generator.mask_guided_pipeline import load_mask_guided_pipeline
+from generator.panorama_pipeline import PanoramaSettings, load_panorama_pipeline
 from generator.projection import reprojection_error
 from generator.scene_spec import Layout, SceneSpec, load_scene_spec
 from generator.seams import seam_scores
@@ -124,34 +125,6 @@ def _default_device(rank: int) -> str:
     if torch.cuda.is_available():
         return f"cuda:{rank % torch.cuda.device_count()}"
     return "cpu"
-
-
-def _load_stage1(model: str, device: str, fp16: bool, cpu_offload: bool):
-    """The stage-1 mask-guided pipeline: the tiny offline model or real weights."""
-    if model == TINY_MODEL:
-        from generator.tiny import tiny_mask_guided_pipeline
-
-        pipeline = tiny_mask_guided_pipeline(0)
-    else:
-        import torch
-
-        from generator.mask_guided_pipeline import MaskGuidedStableDiffusionPipeline
-
-        try:
-            pipeline = MaskGuidedStableDiffusionPipeline.from_pretrained(
-                model, torch_dtype=torch.float16 if fp16 else torch.float32, safety_checker=None
-            )
-        except (OSError, ValueError) as exc:
-            raise PanostudyError(
-                f"--model '{model}': cannot load the stage-1 model ({str(exc).strip().splitlines()[0]}); "
-                "pass a local diffusers folder or a cached hub id"
-            ) from None
-    if cpu_offload and device != "cpu":
-        pipeline.enable_model_cpu_offload(device=device)
-    else:
-        pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 def generate_sets(
@@ -264,7 +237,9 @@ def generate_sets(
         for position, item in enumerate(todo, start=skipped + 1):
             stage1_reference = model or item.spec.model
             if stage1_reference not in stage1_pipelines:
-                stage1_pipelines[stage1_reference] = _load_stage1(stage1_reference, device, fp16, cpu_offload)
+                stage1_pipelines[stage1_reference] = load_mask_guided_pipeline(
+                    stage1_reference, device=device, fp16=fp16, cpu_offload=cpu_offload
+                )
             try:
                 entry = _make_item(
                     item,

@@ -41,11 +41,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, DiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from generator.mask_guided_pipeline import TINY_MODEL
 from generator.projection import FrontFaceCanvas, front_face_canvas
 from study.errors import PanostudyError, StimulusError
-
-#: The model id that builds the tiny random-weight model offline (tests, demo; its images are noise).
-TINY_MODEL = "tiny"
 
 
 def circular_blend(extended: torch.Tensor, width: int, extent: int) -> torch.Tensor:
@@ -451,6 +449,8 @@ def load_panorama_pipeline(
     PanostudyError
         If a model cannot be loaded (the message names the path or id).
     """
+    if (fp16 or cpu_offload) and not str(device).startswith("cuda"):
+        raise PanostudyError(f"--fp16 and --cpu-offload need a CUDA GPU but the device is '{device}'; drop them")
     if model == TINY_MODEL:
         from generator.tiny import tiny_controlnet, tiny_sd_components
 
@@ -489,7 +489,7 @@ def load_panorama_pipeline(
             ) from None
     if vae_tiling:
         pipeline.vae.enable_tiling()
-    if cpu_offload and device != "cpu":
+    if cpu_offload:
         pipeline.enable_model_cpu_offload(device=device)
     else:
         pipeline.to(device)

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from study.cli._generate_stage2 import add_stage2_commands
 from study.errors import PanostudyError
 
 generate_app = typer.Typer(
@@ -175,6 +176,9 @@ def _metadata(spec, layout, seed, model, placeholder, steps, guided_steps, heigh
         "elapsed_s": round(elapsed, 3),
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
+
+
+add_stage2_commands(generate_app)  # ``generate panorama`` and ``generate sets`` (stage 2, batch scene sets)
 
 
 def register(app: typer.Typer) -> None:

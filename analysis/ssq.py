@@ -72,7 +72,8 @@ def ssq_pre_post(scores: pd.DataFrame) -> pd.DataFrame:
     Notes
     -----
     SSQ scores are discrete and skewed (most people report few symptoms), so the paired test is the
-    two-sided Wilcoxon signed-rank test on post − pre (zero differences dropped, ``zero_method="wilcox"``).
+    two-sided Wilcoxon signed-rank test on post − pre (zero differences dropped, ``zero_method="wilcox"``;
+    exact p without tied differences and n ≤ 50, else the tie-corrected normal approximation).
     Effect size: matched-pairs rank-biserial r = (T⁺ − T⁻) / (T⁺ + T⁻), in −1..1, positive when
     symptoms increased.
 
@@ -92,19 +93,24 @@ def ssq_pre_post(scores: pd.DataFrame) -> pd.DataFrame:
         nonzero = diff[diff != 0]
         statistic = p = r = np.nan
         note = ""
+        exact = False
         if len(both) == 0:
             note = "no participant answered the SSQ both before and after"
         elif nonzero.size == 0:
             note = "all pre/post differences are zero: no change to test"
         else:
-            result = stats.wilcoxon(b, a, zero_method="wilcox", alternative="two-sided")
+            # Exact null distribution while it is cheap and valid (no tied |d|); otherwise the normal
+            # approximation with tie correction (scipy's "auto" falls back to a slow permutation test).
+            exact = nonzero.size <= 50 and np.unique(np.abs(nonzero)).size == nonzero.size
+            result = stats.wilcoxon(b, a, zero_method="wilcox", alternative="two-sided",
+                                    method="exact" if exact else "approx")
             statistic, p = float(result.statistic), float(result.pvalue)
             ranks = stats.rankdata(np.abs(nonzero))
             t_plus, t_minus = ranks[nonzero > 0].sum(), ranks[nonzero < 0].sum()
             r = (t_plus - t_minus) / (t_plus + t_minus)
         rows.append((score, len(both), a.mean() if a.size else np.nan, b.mean() if b.size else np.nan,
                      np.median(a) if a.size else np.nan, np.median(b) if b.size else np.nan,
-                     np.median(diff) if diff.size else np.nan, "Wilcoxon signed-rank (two-sided, paired)",
+                     np.median(diff) if diff.size else np.nan, "Wilcoxon signed-rank (two-sided, paired" + (", exact)" if exact else ", normal approx.)"),
                      statistic, p, r, note))
     return pd.DataFrame(rows, columns=["score", "n_pairs", "pre_mean", "post_mean", "pre_median", "post_median",
                                        "diff_median", "test", "statistic", "p", "rank_biserial", "note"])

@@ -218,6 +218,13 @@ def render_html(analysis: Analysis, figures: Mapping[str, bytes], *, title: str 
         parts.append(_frame_html(a.ssq_test))
         parts.append(_img(figures["ssq"], "SSQ before and after"))
     parts.append("<h2>Head motion</h2>")
+    if len(a.poses) == 0:
+        from analysis.figures import NO_POSE_NOTE
+
+        parts.append(f"<p class='note'>{e(NO_POSE_NOTE)}.</p>")
+    else:
+        parts.append(f"<p>Where participants looked: viewing-direction density of {len(a.poses)} head-pose samples "
+                     "per scene over a thumbnail of one of its stimuli (yaw 0° = image centre).</p>")
     parts.append(_img(figures["heatmaps"], "head-motion heat maps"))
     parts.append("<h2>MOS per scene and item</h2>")
     parts.append(_frame_html(a.summaries["item"]))

@@ -1,0 +1,119 @@
+import base64
+import re
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from analysis import report as report_module
+from analysis.figures import NO_POSE_NOTE, heatmap_figure
+from analysis.report import analyze, write_report
+from study.cli import app
+
+
+@pytest.fixture(scope="module")
+def written(small_study, tmp_path_factory):
+    """One full analysis and report of the small study, with the progress steps it reported."""
+    steps = []
+    result = analyze(small_study.answers, ssq=small_study.ssq, poses=small_study.poses, screening="bt500",
+                     progress=steps.append)
+    files = write_report(result, tmp_path_factory.mktemp("r") / "report", progress=steps.append)
+    return result, files, steps
+
+
+def test_report_is_self_contained_html_with_embedded_images(written):
+    result, files, _ = written
+    page = files["report.html"].read_text(encoding="utf-8")
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 5  # MOS, bias, distributions, SSQ, heat maps
+    assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
+    assert "<link" not in page and "<script" not in page  # nothing fetched from elsewhere
+    assert "pooled all items of all scales" in page and "Wilcoxon signed-rank" in page and "ICC(2,k)" in page
+    for name in ("table1.csv", "table1.md", "table1.tex", "mixed_contrasts.csv", "reliability.csv", "ssq_test.csv",
+                 "figures/heatmaps.png"):
+        assert name in files and files[name].is_file()
+    table = pd.read_csv(files["table1.csv"])
+    assert table.set_index(["scale", "scene"])["mos"].to_dict() == pytest.approx(
+        result.table1.cells.set_index(["scale", "scene"])["mos"].to_dict())
+
+
+def test_progress_reports_every_step(written):
+    assert tuple(written[2]) == report_module.ANALYSIS_STEPS + report_module.REPORT_STEPS
+
+
+def test_no_pose_data_gives_a_note():
+    fig = heatmap_figure(pd.DataFrame(columns=["scene", "yaw_deg", "pitch_deg"]))
+    assert [t.get_text() for t in fig.texts] == [NO_POSE_NOTE]
+
+
+def test_failed_report_leaves_previous_report_untouched(written, tmp_path, monkeypatch):
+    result = written[0]
+    # Figures are not what this test is about; a stand-in keeps it fast.
+    monkeypatch.setattr(report_module, "_figures", lambda analysis, thumbnails: dict.fromkeys(
+        ("mos", "distributions", "bias", "heatmaps", "ssq"), b"\x89PNG\r\n\x1a\n"))
+    out = tmp_path / "report"
+    write_report(result, out)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report_module, "render_html", broken)
+    with pytest.raises(RuntimeError):
+        write_report(result, out)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no temporary folder left behind
+
+
+def test_out_folder_that_is_not_a_report_is_refused(written, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    from study.errors import AnalysisError
+
+    with pytest.raises(AnalysisError, match="not an earlier panostudy report folder"):
+        write_report(written[0], tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_cli_analyze_on_csv_and_parquet_exports(small_study, tmp_path):
+    answers, ssq, poses = tmp_path / "answers.parquet", tmp_path / "ssq.csv", tmp_path / "poses.csv"
+    small_study.answers.to_parquet(answers)
+    small_study.ssq.to_csv(ssq, index=False)
+    small_study.poses.iloc[:0].to_csv(poses, index=False)  # a study that recorded no poses
+    out = tmp_path / "report"
+    args = ["analyze", "--answers", str(answers), "--ssq", str(ssq), "--poses", str(poses), "--out", str(out),
+            "--screening", "p913"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Table 1" in result.output and "mountainous" in result.output and "report.html" in result.output
+    assert "screening: p913" in result.output
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "no pose data" in page
+    assert pd.read_csv(out / "table1.csv")["screening"].eq("p913").all()
+
+
+def _write(frame, path):
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def test_cli_bad_inputs_exit_2_with_one_line(small_study, tmp_path):
+    answers = small_study.answers
+    bad_value = answers.copy()
+    bad_value.loc[bad_value.index[~bad_value["training"]][0], "value"] = 0
+    cases = {
+        "no answers": ["--answers", _write(answers.iloc[:0], tmp_path / "empty.csv")],
+        "only training": ["--answers", _write(answers[answers["training"]], tmp_path / "train.csv")],
+        "outside their scale's range": ["--answers", _write(bad_value, tmp_path / "range.csv")],
+        "no such file": ["--answers", str(tmp_path / "missing.csv")],
+        "no such database file": ["--db", str(tmp_path / "missing.sqlite")],
+        "exactly one of --db": [],
+        "'mle' is not one of|Invalid value": None,
+    }
+    for message, args in cases.items():
+        if args is None:
+            continue
+        result = CliRunner().invoke(app, ["analyze", *args, "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2, (message, result.output)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], (message, result.output)
+    assert not (tmp_path / "out").exists()

@@ -73,10 +73,12 @@ def sd15_sized_components(device: str, dtype) -> dict:
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
         set_alpha_to_one=False, steps_offset=1,
     )  # fmt: skip
+    if dtype != torch.float32:
+        unet, vae, text_encoder = unet.to(dtype), vae.to(dtype), text_encoder.to(dtype)
     return {
-        "unet": unet.to(dtype).eval(),
-        "vae": vae.to(dtype).eval(),
-        "text_encoder": text_encoder.to(dtype).eval(),
+        "unet": unet.eval(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
         "tokenizer": tokenizer,
         "scheduler": scheduler,
         "safety_checker": None,

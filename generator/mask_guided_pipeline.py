@@ -636,7 +636,7 @@ def load_mask_guided_pipeline(
 
         pipeline = tiny_mask_guided_pipeline(seed=0)
         if fp16:
-            pipeline.to(torch_dtype=torch.float16)
+            pipeline.to(dtype=torch.float16)
     else:
         try:
             pipeline = MaskGuidedStableDiffusionPipeline.from_pretrained(

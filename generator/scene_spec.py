@@ -109,9 +109,9 @@ class SceneSpec:
         """
         n_seeds = len(self.seeds)
         pairs = sorted(
-            ((s - l) % n_seeds, l, s) for l in range(len(self.layouts)) for s in range(n_seeds)  # noqa: E741
+            ((seed - layout) % n_seeds, layout, seed) for layout in range(len(self.layouts)) for seed in range(n_seeds)
         )
-        return [(self.layouts[l], self.seeds[s]) for _, l, s in pairs[: self.count]]
+        return [(self.layouts[layout], self.seeds[seed]) for _, layout, seed in pairs[: self.count]]
 
 
 def phrase_span(prompt: str, phrase: str) -> tuple[int, int] | None:

@@ -291,3 +291,14 @@ def test_generate_image_command_refuses_bad_input_before_writing(tmp_path):
     )
     assert bad_layout.exit_code != 0 and "no layout 'nope'; this spec has: vehicle_a" in bad_layout.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tiny_components_are_seeded_and_leave_the_global_rng_alone(get_dummy_components):
+    state = torch.random.get_rng_state()
+    first, again, other = get_dummy_components(5), get_dummy_components(5), get_dummy_components(6)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for name in ("unet", "vae", "text_encoder"):
+        weights = [p for p in first[name].state_dict().values()]
+        assert all(torch.equal(a, b) for a, b in zip(weights, again[name].state_dict().values()))
+    assert not torch.equal(first["unet"].conv_in.weight, other["unet"].conv_in.weight)
+    assert len(first["tokenizer"]) <= first["text_encoder"].config.vocab_size

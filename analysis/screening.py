@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.mle import PRESENTATION, MleFit, mle_subjective_model
+from analysis.validate import category_codes
 from study.errors import AnalysisError
 
 Method = Literal["none", "bt500", "p913", "mle"]
@@ -144,11 +145,11 @@ def bt500_screening(answers: pd.DataFrame, *, std_ddof: int = 1, value: str = "v
     p_row = spread_r & (u >= mean_r + thr_r)
     q_row = spread_r & (u <= mean_r - thr_r)
 
-    obs = pd.Categorical(answers["participant"].astype("string"))
-    n_obs = len(obs.categories)
-    scores = np.bincount(obs.codes, minlength=n_obs)
-    p = np.bincount(obs.codes, p_row, minlength=n_obs)
-    q = np.bincount(obs.codes, q_row, minlength=n_obs)
+    obs_codes, observers = category_codes(answers["participant"])
+    n_obs = len(observers)
+    scores = np.bincount(obs_codes, minlength=n_obs)
+    p = np.bincount(obs_codes, p_row, minlength=n_obs)
+    q = np.bincount(obs_codes, q_row, minlength=n_obs)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio_pq = (p + q) / scores
         ratio_balance = np.abs(p - q) / (p + q)
@@ -157,18 +158,18 @@ def bt500_screening(answers: pd.DataFrame, *, std_ddof: int = 1, value: str = "v
     if rejected.all():
         notes.append(f"every one of the {n_obs} observers met the rejection rule, so none is rejected (sureal's safeguard)")
         rejected = np.zeros(n_obs, dtype=bool)
-    rejected_ids = tuple(str(c) for c in np.asarray(obs.categories)[rejected])
+    rejected_ids = tuple(str(c) for c in observers[rejected])
     notes.append(
         f"BT.500 β2 screening (σ with N−{std_ddof}): {len(rejected_ids)} of {n_obs} observers rejected"
         + (f" ({', '.join(rejected_ids)})" if rejected_ids else "")
     )
     participants = pd.DataFrame({
-        "participant": list(obs.categories), "n": scores, "P": p.astype(int), "Q": q.astype(int),
+        "participant": observers, "n": scores, "P": p.astype(int), "Q": q.astype(int),
         "ratio_pq": ratio_pq, "ratio_balance": ratio_balance, "rejected": rejected,
     })
     keys = answers.iloc[np.unique(codes, return_index=True)[1]][list(PRESENTATION)].reset_index(drop=True)
     presentations = keys.assign(n=n.astype(int), mean=mean, sd=sigma, beta2=beta2, normal=normal, threshold=threshold)
-    kept = answers.loc[~np.isin(answers["participant"].astype("string").to_numpy(), rejected_ids)]
+    kept = answers.loc[~rejected[obs_codes]]
     return ScreeningResult("bt500", kept.reset_index(drop=True), rejected_ids, participants, presentations, tuple(notes))
 
 
@@ -189,18 +190,18 @@ def p913_bias_removal(answers: pd.DataFrame, *, value: str = "value") -> Screeni
     u = answers[value].to_numpy(float)
     n_pres = int(codes.max()) + 1
     psi_j = np.bincount(codes, u, minlength=n_pres) / np.bincount(codes, minlength=n_pres)
-    obs = pd.Categorical(answers["participant"].astype("string"))
-    n_obs = len(obs.categories)
-    count = np.bincount(obs.codes, minlength=n_obs)
-    b_i = np.bincount(obs.codes, u - psi_j[codes], minlength=n_obs) / count
+    obs_codes, observers = category_codes(answers["participant"])
+    n_obs = len(observers)
+    count = np.bincount(obs_codes, minlength=n_obs)
+    b_i = np.bincount(obs_codes, u - psi_j[codes], minlength=n_obs) / count
     corrected = answers.copy()
-    corrected[value] = u - b_i[obs.codes]
+    corrected[value] = u - b_i[obs_codes]
     notes = (
         _pooling_note(answers, n_pres).replace(", because 4 scenes per scale are too few for BT.500's 5 % rule", ""),
         f"P.913 §12.4 bias removal: each participant's mean offset from the presentation MOS subtracted "
         f"(bias range {b_i.min():+.2f} .. {b_i.max():+.2f}); nobody removed",
     )
-    participants = pd.DataFrame({"participant": list(obs.categories), "n": count, "bias": b_i})
+    participants = pd.DataFrame({"participant": observers, "n": count, "bias": b_i})
     keys = answers.iloc[np.unique(codes, return_index=True)[1]][list(PRESENTATION)].reset_index(drop=True)
     return ScreeningResult("p913", corrected, (), participants, keys.assign(mos=psi_j), notes)
 

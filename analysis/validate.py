@@ -6,6 +6,7 @@ that names the column or value, says what was wrong and how to fix it.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from study.errors import AnalysisError
@@ -28,6 +29,22 @@ def _require(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
         raise AnalysisError(
             f"{what} lack the column(s) {', '.join(missing)}; give the long format of 'panostudy study export'"
         )
+
+
+def category_codes(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes 0..k−1 and the k labels (as str) of a column, cheap when it is already categorical."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = column.cat.codes.to_numpy()
+        return codes, np.asarray(column.cat.categories.astype(str))
+    codes, labels = pd.factorize(column, sort=True)
+    return codes, np.asarray(labels.astype(str))
+
+
+def _as_category(column: pd.Series) -> pd.Series:
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.cat.remove_unused_categories()
+        return column.cat.rename_categories([str(c) for c in column.cat.categories])
+    return column.astype("string").astype("category")
 
 
 def _as_bool(column: pd.Series) -> pd.Series:
@@ -72,7 +89,7 @@ def prepare_answers(answers: pd.DataFrame) -> pd.DataFrame:
             f"the study has only training answers ({len(answers)} rows); training answers are never analysed"
         )
     if "protocol_hash" in test.columns:
-        hashes = test["protocol_hash"].astype("string").unique()
+        hashes = _as_category(test["protocol_hash"]).cat.categories
         if len(hashes) > 1:
             shown = ", ".join(sorted(str(h)[:12] for h in hashes))
             raise AnalysisError(
@@ -103,8 +120,7 @@ def prepare_answers(answers: pd.DataFrame) -> pd.DataFrame:
     out["scale_min"] = low.astype("int64")
     out["scale_max"] = high.astype("int64")
     for column in KEY_COLUMNS:
-        out[column] = out[column].astype("string").astype("category")
-        out[column] = out[column].cat.remove_unused_categories()
+        out[column] = _as_category(out[column])
 
     present = out.groupby(["scene", "scale"], observed=True).size()
     scales = out["scale"].cat.categories

@@ -302,3 +302,16 @@ def test_tiny_components_are_seeded_and_leave_the_global_rng_alone(get_dummy_com
         assert all(torch.equal(a, b) for a, b in zip(weights, again[name].state_dict().values()))
     assert not torch.equal(first["unet"].conv_in.weight, other["unet"].conv_in.weight)
     assert len(first["tokenizer"]) <= first["text_encoder"].config.vocab_size
+
+
+def test_a_saved_pipeline_loads_back_from_a_local_folder(tmp_path, tiny_pipe):
+    from generator.mask_guided_pipeline import MaskGuidedStableDiffusionPipeline, load_mask_guided_pipeline
+
+    tiny_pipe.save_pretrained(tmp_path / "tiny-sd")
+    loaded = load_mask_guided_pipeline(str(tmp_path / "tiny-sd"))
+    assert type(loaded) is MaskGuidedStableDiffusionPipeline
+    loaded.set_progress_bar_config(disable=True)
+    original = run(tiny_pipe, seed=7, steps=2, step_size=1e3)
+    reloaded = run(loaded, seed=7, steps=2, step_size=1e3)
+    np.testing.assert_allclose(reloaded.images, original.images, atol=1e-6)
+    assert reloaded.mask_alignment == pytest.approx(original.mask_alignment)

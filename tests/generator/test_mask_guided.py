@@ -285,11 +285,11 @@ def test_generate_image_command_refuses_bad_input_before_writing(tmp_path):
 
     runner = CliRunner()
     bad_out = runner.invoke(app, ["generate", "image", "--scene", "data/scenes/vehicle.toml", "--out", str(tmp_path / "x.jpg")])
-    assert bad_out.exit_code != 0 and "--out" in bad_out.output and "write a .png file" in bad_out.output
+    assert bad_out.exit_code == 2 and "--out" in bad_out.output and "write a .png file" in bad_out.output
     bad_layout = runner.invoke(
         app, ["generate", "image", "--scene", "data/scenes/vehicle.toml", "--layout", "nope", "--out", str(tmp_path / "x.png")]
     )
-    assert bad_layout.exit_code != 0 and "no layout 'nope'; this spec has: vehicle_a" in bad_layout.output
+    assert bad_layout.exit_code == 2 and "no layout 'nope'; this spec has: vehicle_a" in bad_layout.output
     assert list(tmp_path.iterdir()) == []
 
 

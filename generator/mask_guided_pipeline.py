@@ -348,8 +348,10 @@ class MaskGuidedStableDiffusionPipeline(StableDiffusionPipeline):
         wanted = (height // 32, width // 32)
         if wanted in available:
             return wanted
-        logger.info(
-            "no cross-attention at %sx%s (image/32) in this UNet; using its coarsest, %sx%s", *wanted, *available[-1]
+        logger.warning(
+            "no cross-attention at %sx%s (image/32) in this UNet; guiding its coarsest cross-attention maps, %sx%s",
+            *wanted,
+            *available[-1],
         )
         return available[-1]
 

@@ -11,7 +11,7 @@ import pandas as pd
 from analysis.screening import ScreeningResult, p913_bias_removal
 from analysis.ssq import SUBSCALES
 from analysis.table1 import Table1, ordered
-from analysis.simulate import PAPER_SCENES
+from analysis.simulate import PAPER_SCALES, PAPER_SCENES
 
 NO_POSE_NOTE = "no pose data: this study recorded no head-pose samples"
 # viewing_heatmap costs one kernel evaluation per sample and pixel; a map of the whole panel needs neither
@@ -56,7 +56,7 @@ def mos_figure(t: Table1):
 
 def distribution_figure(answers: pd.DataFrame):
     """Share of each rating value per scene, one panel per scale (stacked horizontal bars)."""
-    scales = ordered(answers["scale"].astype("string").unique(), ("ACR", "VAR", "SSDS", "PCR"))
+    scales = ordered(answers["scale"].astype("string").unique(), tuple(PAPER_SCALES))
     scenes = ordered(answers["scene"].astype("string").unique(), PAPER_SCENES)
     low, high = int(answers["scale_min"].min()), int(answers["scale_max"].max())
     values = np.arange(low, high + 1)

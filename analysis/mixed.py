@@ -11,6 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.simulate import PAPER_SCENES
+from analysis.table1 import ordered
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,7 @@ class SceneEffect:
 def mixed_model_data(answers: pd.DataFrame, scale: str, *, value: str = "value") -> tuple[pd.DataFrame, tuple[str, ...]]:
     """The rows of one scale, with ``scene`` as a categorical in the paper's order (first = reference)."""
     rows = answers.loc[answers["scale"].astype("string") == scale, ["participant", "stimulus", "scene", value]]
-    present = [str(s) for s in rows["scene"].astype("string").unique()]
-    scenes = tuple([s for s in PAPER_SCENES if s in present] + sorted(s for s in present if s not in PAPER_SCENES))
+    scenes = ordered(rows["scene"].astype("string").unique(), PAPER_SCENES)
     data = pd.DataFrame({
         "value": rows[value].to_numpy(float),
         "scene": pd.Categorical(rows["scene"].astype("string"), categories=list(scenes)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import shutil
 import tempfile
@@ -101,6 +102,9 @@ def analyze(answers: pd.DataFrame, *, ssq: pd.DataFrame | None = None, poses: pd
     _step(progress, "screening")
     # Every method except 'none' needs a panel to compare an observer with; with one participant say so.
     screened = screen(test, "none" if single else screening)
+    if single and screening != "none":
+        screened = dataclasses.replace(screened, notes=screened.notes + (
+            f"--screening {screening} skipped: screening compares observers and there is a single participant",))
     _step(progress, "Table 1")
     main = table1(screened)
     _step(progress, "robustness")

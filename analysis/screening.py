@@ -58,12 +58,12 @@ def _presentation_codes(answers: pd.DataFrame) -> np.ndarray:
     return answers.groupby(list(PRESENTATION), observed=True, sort=True).ngroup().to_numpy()
 
 
-def _pooling_note(answers: pd.DataFrame, n_presentations: int) -> str:
+def _pooling_note(answers: pd.DataFrame, n_presentations: int, *, why: str = "") -> str:
     per_scale = answers.groupby("scale", observed=True)["item"].nunique()
     items = ", ".join(f"{scale} ×{n}" for scale, n in per_scale.items())
     return (
         f"pooled all items of all scales ({items}) over {answers['stimulus'].nunique()} stimuli as "
-        f"{n_presentations} presentations (J·K·R), because 4 scenes per scale are too few for BT.500's 5 % rule"
+        f"{n_presentations} presentations" + (f", {why}" if why else "")
     )
 
 
@@ -154,7 +154,7 @@ def bt500_screening(answers: pd.DataFrame, *, std_ddof: int = 1, value: str = "v
         ratio_pq = (p + q) / scores
         ratio_balance = np.abs(p - q) / (p + q)
     rejected = (ratio_pq > 0.05) & (ratio_balance < 0.3)
-    notes = [_pooling_note(answers, n_pres)]
+    notes = [_pooling_note(answers, n_pres, why="J·K·R, because 4 scenes per scale are too few for BT.500's 5 % rule")]
     if rejected.all():
         notes.append(f"every one of the {n_obs} observers met the rejection rule, so none is rejected (sureal's safeguard)")
         rejected = np.zeros(n_obs, dtype=bool)
@@ -197,7 +197,7 @@ def p913_bias_removal(answers: pd.DataFrame, *, value: str = "value") -> Screeni
     corrected = answers.copy()
     corrected[value] = u - b_i[obs_codes]
     notes = (
-        _pooling_note(answers, n_pres).replace(", because 4 scenes per scale are too few for BT.500's 5 % rule", ""),
+        _pooling_note(answers, n_pres),
         f"P.913 §12.4 bias removal: each participant's mean offset from the presentation MOS subtracted "
         f"(bias range {b_i.min():+.2f} .. {b_i.max():+.2f}); nobody removed",
     )
@@ -219,7 +219,7 @@ def mle_screening(answers: pd.DataFrame, *, content: str = "stimulus", value: st
     corrected[value] = answers[value].to_numpy(float) - answers["participant"].astype("string").map(bias).to_numpy(float)
     n_pres = len(fit.presentations)
     notes = (
-        _pooling_note(answers, n_pres).replace(", because 4 scenes per scale are too few for BT.500's 5 % rule", ""),
+        _pooling_note(answers, n_pres),
         f"P.910 Annex E MLE model (content = {content}): {fit.n_iter} sweeps, "
         + ("converged" if fit.converged else "NOT converged; treat the estimates with care")
         + f"; bias range {bias.min():+.2f} .. {bias.max():+.2f}, inconsistency "

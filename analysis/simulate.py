@@ -12,6 +12,7 @@ draw from it, so the truth behind every estimate is known.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -283,6 +284,4 @@ def simulate_study(
 
 
 def _fake_sha256(name: str) -> str:
-    import hashlib
-
     return hashlib.sha256(name.encode()).hexdigest()

@@ -21,7 +21,9 @@ class Table1:
     Attributes
     ----------
     cells : pandas.DataFrame
-        Tidy, one row per cell: ``scale, scene, mos, sd, n, half_width, ci_low, ci_high, note``.
+        Tidy, one row per cell: ``scale, scene, mos, sd, n, half_width, ci_low, ci_high, note``. ``sd`` is the
+        SD of the participants' cell means (for ``mle``: of the x_e of the cell's presentations); ``n`` the
+        number of participants.
     scales, scenes : tuple of str
         Row and column order.
     screening : str

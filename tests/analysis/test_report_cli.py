@@ -81,7 +81,7 @@ def test_cli_analyze_on_csv_and_parquet_exports(small_study, tmp_path):
     small_study.poses.iloc[:0].to_csv(poses, index=False)  # a study that recorded no poses
     out = tmp_path / "report"
     args = ["analyze", "--answers", str(answers), "--ssq", str(ssq), "--poses", str(poses), "--out", str(out),
-            "--screening", "p913"]
+            "--screening", "p913", "--study", "simulated"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "Table 1" in result.output and "mountainous" in result.output and "report.html" in result.output
@@ -105,6 +105,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(small_study, tmp_path):
         "only training": ["--answers", _write(answers[answers["training"]], tmp_path / "train.csv")],
         "outside their scale's range": ["--answers", _write(bad_value, tmp_path / "range.csv")],
         "no such file": ["--answers", str(tmp_path / "missing.csv")],
+        "no answers of that study": ["--answers", _write(answers, tmp_path / "all.csv"), "--study", "other"],
         "no such database file": ["--db", str(tmp_path / "missing.sqlite")],
         "exactly one of --db": [],
     }

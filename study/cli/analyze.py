@@ -19,6 +19,10 @@ class Screening(str, Enum):
     mle = "mle"
 
 
+# Identifiers stay text: a participant code "007" must not turn into the number 7.
+_TEXT_COLUMNS = ("study", "protocol_hash", "participant", "stimulus", "stimulus_sha256", "scene", "scale", "item", "phase")
+
+
 def _read_table(path: Path, option: str):
     import pandas as pd
 
@@ -27,7 +31,7 @@ def _read_table(path: Path, option: str):
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            return pd.read_csv(path)
+            return pd.read_csv(path, dtype=dict.fromkeys(_TEXT_COLUMNS, str))
         if suffix == ".parquet":
             return pd.read_parquet(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:

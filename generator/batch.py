@@ -237,9 +237,9 @@ def generate_sets(
         for position, item in enumerate(todo, start=skipped + 1):
             stage1_reference = model or item.spec.model
             if stage1_reference not in stage1_pipelines:
-                stage1_pipelines[stage1_reference] = load_mask_guided_pipeline(
-                    stage1_reference, device=device, fp16=fp16, cpu_offload=cpu_offload
-                )
+                stage1 = load_mask_guided_pipeline(stage1_reference, device=device, fp16=fp16, cpu_offload=cpu_offload)
+                stage1.set_progress_bar_config(disable=True)  # the set's own progress bar covers it
+                stage1_pipelines[stage1_reference] = stage1
             try:
                 entry = _make_item(
                     item,

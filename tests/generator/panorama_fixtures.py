@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -47,3 +48,13 @@ class SmoothingDenoiser(torch.nn.Module):
         clean = clean / clean.std().clamp_min(1e-6)
         noise = (sample - alpha.sqrt() * clean) / (1 - alpha).sqrt()
         return (noise,)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Run torch on one thread in a test module that imports this fixture: the tiny models gain nothing from two,
+    and two threads slow down several times over when other processes share the two cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

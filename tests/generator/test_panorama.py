@@ -14,7 +14,7 @@ from generator.panorama_pipeline import (
 from generator.projection import front_face_canvas, reprojection_error
 from generator.seams import discontinuity_score, wrap_l1_ratio
 from study.errors import PanostudyError, StimulusError
-from tests.generator.panorama_fixtures import SmoothingDenoiser, smooth_image
+from tests.generator.panorama_fixtures import SmoothingDenoiser, one_torch_thread, smooth_image  # noqa: F401 (autouse fixture)
 
 TINY = dict(height=64, width=128, steps=2, guidance_scale=2.0)
 

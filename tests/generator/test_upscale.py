@@ -8,6 +8,7 @@ from generator.seams import discontinuity_score, wrap_l1_ratio
 from generator.tiny import tiny_rrdb_state_dict
 from generator.upscale import load_sr_model, parse_size, resize_equirect, super_resolve, upscale_panorama
 from study.errors import PanostudyError, StimulusError
+from tests.generator.panorama_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.generator.test_seams import periodic_panorama
 
 

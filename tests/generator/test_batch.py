@@ -1,0 +1,172 @@
+"""Scene sets on the tiny model: manifest, GPano, resumability, sharding, CLI, out-of-memory message."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from generator.batch import GeneratorMemoryError, generate_sets
+from generator.manifest import merge_manifests, read_manifest_lines
+from generator.panorama_pipeline import PanoramaSettings
+from generator.xmp import read_gpano
+from study.cli import app
+from study.errors import PanostudyError
+from tests.generator.panorama_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.generator.test_upscale import _weights
+
+ROOT = Path(__file__).resolve().parents[2]
+#: CLI options of a fast tiny set: 1 panorama per scene, 128×64 completion, ×2 SR to 256×128.
+TINY_SET = [
+    "--per-scene", "1", "--model", "tiny", "--panorama-size", "128x64", "--size", "256x128", "--steps", "2",
+    "--stage1-size", "64", "--stage1-steps", "2", "--sr-tile", "32",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """Two of the shipped scene specs (their mask paths ``../masks/...`` resolve through a link)."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "masks").symlink_to(ROOT / "data" / "masks")
+    (root / "scenes").mkdir()
+    for name in ("street", "vehicle"):
+        (root / "scenes" / f"{name}.toml").write_text((ROOT / "data" / "scenes" / f"{name}.toml").read_text())
+    return root / "scenes"
+
+
+@pytest.fixture(scope="module")
+def sr_weights(tmp_path_factory):
+    return _weights(tmp_path_factory.mktemp("sr") / "RealESRGAN_x2plus.pth", 2)
+
+
+@pytest.fixture(scope="module")
+def one_process_set(tmp_path_factory, scenes, sr_weights):
+    out = tmp_path_factory.mktemp("set1")
+    result = CliRunner().invoke(
+        app, ["generate", "sets", "--scenes", str(scenes), "--out", str(out), "--sr-weights", str(sr_weights), *TINY_SET]
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _images(out: Path) -> dict[str, np.ndarray]:
+    return {entry["id"]: np.asarray(Image.open(out / entry["path"])) for entry in read_manifest_lines(out / "manifest.jsonl")}
+
+
+def test_a_set_has_one_2_to_1_gpano_panorama_per_scene_and_a_full_manifest(one_process_set):
+    entries = read_manifest_lines(one_process_set / "manifest.jsonl")
+    assert [entry["scene"] for entry in entries] == ["street", "vehicle"]
+    assert [entry["index"] for entry in entries] == [0, 1]
+    for entry in entries:
+        path = one_process_set / entry["path"]
+        with Image.open(path) as image:
+            assert image.size == (256, 128)
+        assert read_gpano(path)["ProjectionType"] == "equirectangular"
+        assert (one_process_set / entry["front_path"]).is_file()
+        assert len(entry["masks"]["sha256"]) == 64 and entry["masks"]["labels"]
+        assert entry["seeds"]["stage1"] == entry["seeds"]["stage2"]
+        assert set(entry["stage1"]["mask_alignment"]) == set(entry["masks"]["labels"])
+        assert entry["stage2"]["settings"]["circular_blending"] is True
+        assert entry["stage2"]["conditioning_channels"] == 4
+        assert entry["super_resolution"]["scale"] == 2
+        assert len(next(iter(entry["super_resolution"]["weights"]["files"].values()))) == 64
+        assert {"discontinuity", "wrap_l1_ratio", "pole_top", "pole_bottom"} <= set(entry["seams"])
+        assert {"stage1", "stage2_completion", "stage2_decode", "super_resolution"} <= set(entry["timings"])
+
+
+def test_the_manifest_is_a_stimulus_list(one_process_set):
+    from study.stimuli import read_manifest
+
+    candidates = read_manifest(one_process_set / "manifest.jsonl")
+    assert {c.scene for c in candidates} == {"street", "vehicle"}
+    assert all(c.path.is_file() for c in candidates)
+
+
+def test_a_rerun_skips_finished_items_and_redoes_a_missing_one(tmp_path, scenes, one_process_set, sr_weights):
+    out = tmp_path / "set"
+    kwargs = dict(
+        size=(256, 128), sr_weights=sr_weights, stage1_size=64, stage1_steps=2, sr_tile=32, rank=0, world_size=1,
+        settings=PanoramaSettings(height=64, width=128, steps=2),
+    )
+    first = generate_sets(scenes, 1, "tiny", out, **kwargs)
+    assert len(first.written) == 2 and first.skipped == 0
+    again = generate_sets(scenes, 1, "tiny", out, **kwargs)
+    assert again.written == [] and again.skipped == 2
+    (out / first.written[1]["path"]).unlink()
+    repaired = generate_sets(scenes, 1, "tiny", out, **kwargs)
+    assert [entry["id"] for entry in repaired.written] == [first.written[1]["id"]]
+    assert len(read_manifest_lines(out / "manifest.jsonl")) == 2
+    # Same seeds, same images as the CLI run with the same parameters.
+    reference, rerun = _images(one_process_set), _images(out)
+    assert reference.keys() == rerun.keys()
+    assert all(np.abs(reference[k].astype(int) - rerun[k]).max() <= 2 for k in reference)
+
+
+def test_two_sharded_processes_make_the_same_set_as_one(tmp_path, scenes, one_process_set, sr_weights):
+    out = tmp_path / "sharded"
+    command = [sys.executable, "-m", "study.cli", "generate", "sets", "--scenes", str(scenes), "--out", str(out),
+               "--sr-weights", str(sr_weights), *TINY_SET]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = [
+        subprocess.Popen([*command, "--rank", str(rank), "--world-size", "2"], cwd=ROOT, env=environment,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        for rank in (0, 1)
+    ]
+    for process in processes:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+    ranks = {rank: read_manifest_lines(out / f"manifest.rank{rank}.jsonl") for rank in (0, 1)}
+    assert [e["index"] for e in ranks[0]] == [0] and [e["index"] for e in ranks[1]] == [1]
+    merge_manifests(out)  # the last process merged already; merging again is harmless
+    sharded = read_manifest_lines(out / "manifest.jsonl")
+    single = read_manifest_lines(one_process_set / "manifest.jsonl")
+    keys = ("id", "index", "path", "scene", "layout", "seeds", "prompt")
+    assert [{k: e[k] for k in keys} for e in sharded] == [{k: e[k] for k in keys} for e in single]
+    reference, shard_images = _images(one_process_set), _images(out)
+    assert all(np.abs(reference[k].astype(int) - shard_images[k]).max() <= 2 for k in reference)
+
+
+def test_bad_arguments_fail_in_one_line_before_writing(tmp_path, scenes):
+    runner = CliRunner()
+    out = tmp_path / "never"
+    result = runner.invoke(app, ["generate", "sets", "--scenes", str(tmp_path / "nope"), "--out", str(out), *TINY_SET])
+    assert result.exit_code == 2 and "no such folder" in result.output
+    result = runner.invoke(
+        app, ["generate", "sets", "--scenes", str(scenes), "--out", str(out), *TINY_SET, "--rank", "2", "--world-size", "2"]
+    )
+    assert result.exit_code == 2 and "rank" in result.output
+    result = runner.invoke(app, ["generate", "sets", "--scenes", str(scenes), "--out", str(out), *TINY_SET[:-2], "--size", "300x100"])
+    assert result.exit_code == 2 and "--size" in result.output
+    assert not out.exists()
+
+
+def test_out_of_memory_names_the_options_that_cut_memory(tmp_path, scenes, monkeypatch):
+    import generator.batch
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(generator.batch, "_make_item", exhausted)
+    with pytest.raises(GeneratorMemoryError, match="--fp16.*--cpu-offload.*--vae-tiling") as caught:
+        generate_sets(scenes, 1, "tiny", tmp_path / "oom", rank=0, world_size=1, stage1_size=64)
+    assert isinstance(caught.value, PanostudyError) and "street/" in str(caught.value)
+
+
+def test_panorama_command_writes_a_gpano_png(tmp_path):
+    source = tmp_path / "front.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(source)
+    out = tmp_path / "pano.jpg"
+    result = CliRunner().invoke(
+        app, ["generate", "panorama", str(source), "--out", str(out), "--panorama-size", "128x64", "--size", "256x128",
+              "--steps", "2"],  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    assert read_gpano(out)["FullPanoWidthPixels"] == "256"
+    assert "seam discontinuity" in result.output
+    assert json.loads(json.dumps(read_gpano(out)))  # plain strings, serialisable

@@ -1,0 +1,155 @@
+"""Per-stage timings of stage 2: projection, completion, decode, super-resolution.
+
+    python benchmarks/bench_panorama.py                 # tiny random-weight model, CPU (seconds)
+    python benchmarks/bench_panorama.py --sd15          # SD 1.5-sized random weights: 1024×512 completion,
+                                                        # Real-ESRGAN x4plus-sized SR to 4096×2048 (use a GPU)
+
+Random weights give noise images but the same arithmetic as real weights of the same architecture, so the
+timings are those of a real run. Prints one line per stage (median over ``--runs``) and a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def sd15_pipeline(device: str, fp16: bool):
+    """SD 1.5-sized random-weight components with a 4-channel (mask + RGB) ControlNet made from the UNet."""
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from generator.panorama_pipeline import PanoramaCompletionPipeline
+    from generator.tiny import offline_clip_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = offline_clip_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        cross_attention_dim=768,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=8,
+    )
+    controlnet = ControlNetModel.from_unet(unet, conditioning_channels=4)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
+    pipeline = PanoramaCompletionPipeline(vae, text_encoder, tokenizer, unet, controlnet, scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device, torch.float16 if fp16 else torch.float32)
+
+
+def synchronise(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sd15", action="store_true", help="SD 1.5-sized model, 1024x512 → 4096x2048")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (tiny: 4, sd15: 20)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--fp16", action="store_true", help="half precision (GPU)")
+    parser.add_argument("--sr-tile", type=int, default=None, help="SR tile size (tiny: 64, sd15: 512)")
+    args = parser.parse_args()
+
+    from generator.panorama_pipeline import PanoramaSettings, load_panorama_pipeline
+    from generator.projection import front_face_canvas
+    from generator.seams import seam_scores
+    from generator.tiny import tiny_rrdb_state_dict
+    from generator.upscale import load_sr_model, resize_equirect, super_resolve
+
+    if args.sd15:
+        pipeline = sd15_pipeline(args.device, args.fp16)
+        settings = PanoramaSettings(height=512, width=1024, steps=args.steps or 20, guidance_scale=7.0)
+        rrdb = tiny_rrdb_state_dict(scale=4, num_filters=64, num_blocks=23)  # RealESRGAN_x4plus's size
+        target, tile, face = (4096, 2048), args.sr_tile or 512, 512
+    else:
+        torch.set_num_threads(1)
+        pipeline = load_panorama_pipeline("tiny", None, device=args.device)
+        settings = PanoramaSettings(height=128, width=256, steps=args.steps or 4, guidance_scale=7.0)
+        rrdb = tiny_rrdb_state_dict(scale=4)
+        target, tile, face = (1024, 512), args.sr_tile or 64, 64
+    with tempfile.TemporaryDirectory() as folder:
+        weights = Path(folder) / "RealESRGAN_x4plus.pth"
+        torch.save(rrdb, weights)
+        sr_model = load_sr_model(weights, device=args.device, fp16=args.fp16)
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (face, face, 3), dtype=np.uint8)
+    stages: dict[str, list[float]] = {}
+    for run in range(args.runs + 1):  # run 0 warms up (allocator, kernels) and is not counted
+        start = time.perf_counter()
+        front_face_canvas(image, settings.height, settings.width)
+        projection = time.perf_counter() - start
+        synchronise(args.device)
+        result = pipeline(image, "a street", settings, seed=run)
+        synchronise(args.device)
+        start = time.perf_counter()
+        upscaled = super_resolve(result.image, sr_model, tile=tile, overlap=16)
+        synchronise(args.device)
+        sr_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        final = resize_equirect(upscaled, *target)
+        resize_seconds = time.perf_counter() - start
+        if run == 0:
+            continue
+        timings = {
+            "projection": projection,
+            "prepare": result.timings["prepare"],
+            "completion": result.timings["completion"],
+            "decode": result.timings["decode"],
+            "paste": result.timings["paste"],
+            "super_resolution": sr_seconds,
+            "resize": resize_seconds,
+        }
+        timings["total"] = sum(timings.values())
+        for name, seconds in timings.items():
+            stages.setdefault(name, []).append(seconds)
+
+    label = "SD1.5-sized" if args.sd15 else "tiny"
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(
+        f"{label} stage 2 on {device_name} ({'fp16' if args.fp16 else 'fp32'}): {settings.width}x{settings.height}, "
+        f"{settings.steps} steps, CFG {settings.guidance_scale}, SR x{sr_model.scale} tile {tile} → "
+        f"{target[0]}x{target[1]}; median of {args.runs} runs"
+    )
+    medians = {name: statistics.median(values) for name, values in stages.items()}
+    for name, seconds in medians.items():
+        print(f"  {name:<17}{seconds:9.3f} s")
+    scores = seam_scores(final)
+    print(f"  seam discontinuity {scores['discontinuity']:.3f}, wrap-L1 ratio {scores['wrap_l1_ratio']:.2f}")
+    print(json.dumps({"model": label, "device": device_name, "fp16": args.fp16, "median_s": medians}))
+
+
+if __name__ == "__main__":
+    main()

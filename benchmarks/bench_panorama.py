@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--fp16", action="store_true", help="half precision (GPU)")
     parser.add_argument("--sr-tile", type=int, default=None, help="SR tile size (tiny: 64, sd15: 512)")
+    parser.add_argument("--width", type=int, default=None, help="completion width (tiny: 256, sd15: 1024)")
     args = parser.parse_args()
 
     from generator.panorama_pipeline import PanoramaSettings, load_panorama_pipeline
@@ -90,15 +91,17 @@ def main() -> None:
 
     if args.sd15:
         pipeline = sd15_pipeline(args.device, args.fp16)
-        settings = PanoramaSettings(height=512, width=1024, steps=args.steps or 20, guidance_scale=7.0)
+        width = args.width or 1024
+        settings = PanoramaSettings(height=width // 2, width=width, steps=args.steps or 20, guidance_scale=7.0)
         rrdb = tiny_rrdb_state_dict(scale=4, num_filters=64, num_blocks=23)  # RealESRGAN_x4plus's size
-        target, tile, face = (4096, 2048), args.sr_tile or 512, 512
+        target, tile, face = (4 * width, 2 * width), args.sr_tile or 512, width // 2
     else:
         torch.set_num_threads(1)
         pipeline = load_panorama_pipeline("tiny", None, device=args.device)
-        settings = PanoramaSettings(height=128, width=256, steps=args.steps or 4, guidance_scale=7.0)
+        width = args.width or 256
+        settings = PanoramaSettings(height=width // 2, width=width, steps=args.steps or 4, guidance_scale=7.0)
         rrdb = tiny_rrdb_state_dict(scale=4)
-        target, tile, face = (1024, 512), args.sr_tile or 64, 64
+        target, tile, face = (4 * width, 2 * width), args.sr_tile or 64, width // 4
     with tempfile.TemporaryDirectory() as folder:
         weights = Path(folder) / "RealESRGAN_x4plus.pth"
         torch.save(rrdb, weights)

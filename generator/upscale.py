@@ -48,12 +48,15 @@ def load_sr_model(path: str | Path, device: str = "cpu", fp16: bool = False):
     try:
         descriptor = ModelLoader(device=torch.device(device)).load_from_file(path)
     except Exception as exc:  # spandrel raises several unrelated types for files it does not understand
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise PanostudyError(
-            f"--sr-weights {path}: spandrel cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"--sr-weights {path}: spandrel cannot load it ({type(exc).__name__}: {reason}); "
             "pass a Real-ESRGAN .pth or .safetensors file"
         ) from None
     if not isinstance(descriptor, ImageModelDescriptor):
-        raise PanostudyError(f"--sr-weights {path}: is a {type(descriptor).__name__}, not an image super-resolution model")
+        raise PanostudyError(
+            f"--sr-weights {path}: is a {type(descriptor).__name__}, not an image super-resolution model"
+        )
     if fp16:
         descriptor.half()
     return descriptor.eval()

@@ -69,12 +69,6 @@ def register(app: typer.Typer) -> None:
         study: Annotated[Optional[str], typer.Option("--study", help="Analyse only this study of the answers.")] = None,
     ) -> None:
         """Analyse the ratings: Table 1 with CIs, screening, mixed models, reliability, SSQ and an HTML report."""
-        from rich.progress import BarColumn, Progress, TextColumn
-
-        from analysis.report import ANALYSIS_STEPS, REPORT_STEPS, analyze as run_analysis, stimulus_thumbnails
-        from analysis.report import write_report
-        from analysis.table1 import to_rich
-
         # 1. Validate the arguments before reading or writing anything.
         if (db is None) == (answers is None):
             raise AnalysisError("give exactly one of --db (study database) or --answers (exported .csv/.parquet)")
@@ -94,31 +88,46 @@ def register(app: typer.Typer) -> None:
                 raise AnalysisError(f"--study {study}: no answers of that study; the answers hold {known or 'none'}")
             answer_frame = answer_frame[answer_frame["study"].astype(str) == study]
 
-        # 3. Analyse and write, one progress step each.
-        steps = ANALYSIS_STEPS + REPORT_STEPS
-        with Progress(TextColumn("{task.description:<18}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      console=console, transient=True) as progress:
-            task = progress.add_task("analysing", total=len(steps))
-            seen = []
+        # 3. Analyse, write and tell the user what came out.
+        root = Path(db).resolve().parent if db is not None and "://" not in db else Path.cwd()
+        analyse_and_report(answer_frame, ssq_frame, pose_frame, screening=screening.value, out=out, root=root)
 
-            def advance(name: str) -> None:
-                if seen:
-                    progress.advance(task)
-                seen.append(name)
-                progress.update(task, description=name)
 
-            result = run_analysis(answer_frame, ssq=ssq_frame, poses=pose_frame, screening=screening.value,
-                                  progress=advance)
-            root = Path(db).resolve().parent if db is not None and "://" not in db else Path.cwd()
-            files = write_report(result, out, thumbnails=stimulus_thumbnails(result.answers, root=root),
-                                 progress=advance)
-            progress.advance(task)
+def report_study(db: Path, *, screening: str, out: Path) -> Path:
+    """Analyses a study database as ``panostudy analyze --db`` does; returns the report's HTML file."""
+    answers, ssq, poses = _load_db(str(db))
+    return analyse_and_report(answers, ssq, poses, screening=screening, out=out, root=Path(db).resolve().parent)
 
-        # 4. Tell the user what came out.
-        console.print(to_rich(result.table1))
-        for note in result.table1.notes:
-            console.print(f"  • {note}", highlight=False)
-        report_dir = files["report.html"].parent
-        console.print(f"report: [bold]{files['report.html']}[/]")
-        console.print(f"tables: {report_dir}/table1.csv, table1.md, table1.tex and {len(files) - 4} more files "
-                      f"(CSV tables, figures/*.png)", highlight=False)
+
+def analyse_and_report(answers, ssq, poses, *, screening: str, out: Path, root: Path) -> Path:
+    """Runs the analysis with a progress bar, writes the report, prints Table 1; returns the HTML file."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from analysis.report import ANALYSIS_STEPS, REPORT_STEPS, analyze as run_analysis, stimulus_thumbnails
+    from analysis.report import write_report
+    from analysis.table1 import to_rich
+
+    steps = ANALYSIS_STEPS + REPORT_STEPS
+    with Progress(TextColumn("{task.description:<18}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("analysing", total=len(steps))
+        seen = []
+
+        def advance(name: str) -> None:
+            if seen:
+                progress.advance(task)
+            seen.append(name)
+            progress.update(task, description=name)
+
+        result = run_analysis(answers, ssq=ssq, poses=poses, screening=screening, progress=advance)
+        files = write_report(result, out, thumbnails=stimulus_thumbnails(result.answers, root=root), progress=advance)
+        progress.advance(task)
+
+    console.print(to_rich(result.table1))
+    for note in result.table1.notes:
+        console.print(f"  • {note}", highlight=False)
+    report_dir = files["report.html"].parent
+    console.print(f"report: [bold]{files['report.html']}[/]")
+    console.print(f"tables: {report_dir}/table1.csv, table1.md, table1.tex and {len(files) - 4} more files "
+                  f"(CSV tables, figures/*.png)", highlight=False)
+    return files["report.html"]

@@ -201,7 +201,8 @@ class SessionRunner:
             now = self.clock.now()
             events: tuple[InputEvent, ...] = ()
             if answer_at is not None and now >= answer_at:
-                events, answer_at = tuple(scripted), None
+                # sent again every frame until the panel takes them (a break may need one more frame)
+                events = tuple(scripted)
             user = self._frame(Frame(stimulus=None, fade=1.0, panel=panel.quad(now), head=self.head if self.driver else None))
             panel.hover(user.pointer)
             for event in user.events + events:

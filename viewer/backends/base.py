@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -73,7 +73,6 @@ class Frame:
     fade: float = 0.0
     panel: PanelQuad | None = None
     head: np.ndarray | None = None
-    timing: dict = field(default_factory=dict)
 
 
 class Backend(ABC):

@@ -36,7 +36,7 @@ class HeadlessBackend(Backend):
     name = "headless"
     capabilities = Capabilities(stereo=False, head_tracking=False, pointer=False, returns_pixels=True, paced=False)
 
-    def __init__(self, width: int = 512, height: int = 512, *, fov_deg: float | tuple[float, float] = 90.0, eyes: int = 1,
+    def __init__(self, width: int = 256, height: int = 256, *, fov_deg: float | tuple[float, float] = 90.0, eyes: int = 1,
                  read_pixels: bool = True, downscale: bool = False):
         if eyes not in (1, 2):
             raise ValueError(f"eyes={eyes}: expected 1 or 2")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from study.errors import StimulusError
-from study.stimuli import MAX_HEIGHT, MAX_WIDTH
+from study.stimuli import MAX_WIDTH
 
 #: GL internal formats (sized, so every driver accepts them).
 GL_SRGB8 = 0x8C41

@@ -113,9 +113,11 @@ def _rank_and_world(rank: int | None, world_size: int | None):
         if world_size < 1 or not 0 <= rank < world_size:
             raise PanostudyError(f"--rank {rank} --world-size {world_size}: need 0 <= rank < world size")
         return rank, world_size, None
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # Without a GPU, accelerate only forms a multi-process group (gloo) when told to use the CPU.
+    state = PartialState(cpu=not torch.cuda.is_available())
     return state.process_index, state.num_processes, state
 
 
@@ -213,7 +215,9 @@ def generate_sets(
         raise PanostudyError(f"--out {out_dir}: exists and is not a folder; choose a folder for the stimuli")
     specs = load_specs(scenes_dir)
     rank, world_size, state = _rank_and_world(rank, world_size)
-    device = device or (str(state.device) if state is not None and state.num_processes > 1 else _default_device(rank))
+    if device is None:
+        multi = state is not None and state.num_processes > 1
+        device = str(state.device) if multi and state.device.type == "cuda" else _default_device(rank)
     sr_model = load_sr_model(sr_weights, device=device, fp16=fp16) if sr_weights is not None else None
 
     items = plan_items(specs, per_scene)

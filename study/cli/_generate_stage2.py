@@ -12,6 +12,11 @@ import typer
 
 from study.errors import StimulusError
 
+TINY_NOTE = (
+    "model 'tiny': the offline random-weight model; its panoramas are PLACEHOLDERS (noise), for checking the "
+    "workflow only. Pass real weights with --model/--controlnet for stimuli."
+)
+
 
 def _panorama_settings(panorama_size: str, steps: int, guidance: float, blend: bool, wrap_decode: bool, prefix: str):
     from generator.panorama_pipeline import PanoramaSettings
@@ -57,7 +62,7 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         import numpy as np
         from PIL import Image
 
-        from study.cli._console import console
+        from study.cli._console import console, err_console
 
         if not image.is_file():
             raise StimulusError(f"{image}: no such image file")
@@ -70,6 +75,8 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         from generator.xmp import save_panorama
 
         target = parse_size(size)
+        if model == "tiny":
+            err_console.print(TINY_NOTE, style="yellow", highlight=False)
         try:
             picture = np.asarray(Image.open(image).convert("RGB"))
         except OSError as exc:
@@ -117,10 +124,12 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         """Stage 1 + stage 2 for every scene spec: resumable, shardable (accelerate launch or --rank/--world-size)."""
         from generator.batch import generate_sets
         from generator.upscale import parse_size
-        from study.cli._console import console
+        from study.cli._console import console, err_console
 
         settings = _panorama_settings(panorama_size, steps, guidance, True, True, prompt_prefix)
         target = parse_size(size)
+        if model == "tiny":
+            err_console.print(TINY_NOTE, style="yellow", highlight=False)
         with _progress_bar("scene set") as advance:
             result = generate_sets(
                 scenes,

@@ -48,16 +48,30 @@ def normal_frames(backend, texture, count: int) -> np.ndarray:
     return np.array([frame(backend, texture, 3.0 * i) for i in range(count)])
 
 
-def switch_with_preload(backend, shown, path: str) -> tuple[np.ndarray, int]:
-    """Frames of `shown` while `path` decodes and uploads in the background, then one frame of it."""
+def switch_with_preload(backend, shown, path: str) -> dict[str, np.ndarray]:
+    """Frames of `shown` while `path` decodes and uploads in the background, then frames of it.
+
+    Returns the frame times by phase: "decoding" (the other process works), "uploading" (a strip per
+    frame), "new" (the first frames showing the new stimulus).
+    """
     stimuli = backend.renderer.stimuli
     stimuli.want([path])
-    times = []
+    phases: dict[str, list[float]] = {"decoding": [], "uploading": [], "new": []}
     while stimuli.get(path) is None:
-        times.append(frame(backend, shown, 0.0))
+        phase = "uploading" if stimuli.uploading else "decoding"
+        phases[phase].append(frame(backend, shown, 0.0))
     stimuli.show(path)
-    times.append(frame(backend, stimuli.get(path), 0.0))
-    return np.array(times), len(times)
+    for _ in range(3):
+        phases["new"].append(frame(backend, stimuli.get(path), 0.0))
+    return {k: np.array(v) for k, v in phases.items()}
+
+
+def describe(phases: dict[str, np.ndarray], normal: np.ndarray) -> str:
+    median = np.median(normal)
+    longest = max(v.max() for v in phases.values() if v.size)
+    parts = [f"{k}: {v.size} frames, max {v.max():.0f} ms" for k, v in phases.items() if v.size]
+    return (f"longest frame {longest:.0f} ms = {longest / median:.2f} x the median normal frame "
+            f"({longest / normal.max():.2f} x the longest normal frame); " + "; ".join(parts))
 
 
 def switch_without_preload(backend, path: str) -> float:
@@ -99,16 +113,10 @@ def main() -> None:
             print(f"normal frame (2 eyes {EYE_W}x{EYE_H}): median {np.median(normal):.1f} ms, "
                   f"p95 {np.percentile(normal, 95):.1f} ms, max {normal.max():.1f} ms")
 
-            decode_start = time.perf_counter()
-            switch, count = switch_with_preload(backend, first, str(paths[1]))
-            print(f"switch with preload: {count} frames ({(time.perf_counter() - decode_start):.2f} s) until the next "
-                  f"stimulus was ready; longest frame {switch.max():.1f} ms = {switch.max() / np.median(normal):.2f} x normal "
-                  f"(median during switch {np.median(switch):.1f} ms)")
-
-            # second preloaded switch, to show it is not a first-time effect
-            switch2, count2 = switch_with_preload(backend, stimuli.get(str(paths[1])), str(paths[2]))
-            print(f"switch with preload (again): {count2} frames; longest {switch2.max():.1f} ms = "
-                  f"{switch2.max() / np.median(normal):.2f} x normal")
+            for number, (shown, path) in enumerate([(paths[0], paths[1]), (paths[1], paths[2])], start=1):
+                start = time.perf_counter()
+                phases = switch_with_preload(backend, stimuli.get(str(shown)), str(path))
+                print(f"switch {number} with preload ({time.perf_counter() - start:.0f} s until ready): {describe(phases, normal)}")
 
             stimuli.show(str(paths[2]))
             stall = switch_without_preload(backend, str(paths[3]))

@@ -90,6 +90,11 @@ class StimulusTextures:
         self._wanted: list[str] = []
         self.on_screen: str | None = None
 
+    @property
+    def uploading(self) -> str | None:
+        """The stimulus whose texture is being filled, strip by strip, if any."""
+        return self._upload_path
+
     def want(self, paths: list[str]) -> None:
         """Sets the stimuli to prepare, most urgent first; they decode at once and upload in
         :meth:`update` as frames go by. Textures of stimuli no longer wanted may be reused."""

@@ -1,5 +1,5 @@
 #version 330 core
-//#include srgb.glsl
+//#include srgb.frag
 in vec2 v_ndc;
 out vec4 frag_color;
 

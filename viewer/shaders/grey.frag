@@ -1,5 +1,5 @@
 #version 330 core
-//#include srgb.glsl
+//#include srgb.frag
 out vec4 frag_color;
 
 uniform vec3 u_grey;            // linear

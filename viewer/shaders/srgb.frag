@@ -1,3 +1,4 @@
+// Included (//#include srgb.frag) by the fragment shaders; named .frag so it ships with the package data.
 // Eye buffers are plain RGBA8 (what the OpenVR compositor takes with ColorSpace_Gamma), so the shader
 // writes sRGB-encoded values itself; textures are sRGB formats, so sampling and filtering are linear.
 vec3 srgb_encode(vec3 linear) {

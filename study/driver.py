@@ -81,6 +81,10 @@ class RaterModel:
         span = high - low
         return float(keyed_rng(self.seed, "quality", scene, scale_id).uniform(low + 0.3 * span, high - 0.1 * span))
 
+    def item_offset(self, scene: str, scale_id: str, item_id: str) -> float:
+        """The fixed offset ``d`` of one item of a scale in a scene (the same for every participant)."""
+        return float(keyed_rng(self.seed, "item", scene, scale_id, item_id).normal(0.0, 0.25))
+
     def participant(self, participant_code: str) -> tuple[float, float]:
         """(bias, noise standard deviation) of a participant."""
         rng = keyed_rng(self.seed, "rater", participant_code)
@@ -94,8 +98,8 @@ class RaterModel:
             return int(rng.choice(np.arange(step.min_value, step.min_value + 4), p=probabilities))
         scale, item = rating_scale_of(step)
         bias, noise = self.participant(participant_code)
-        offset = keyed_rng(self.seed, "item", step.scene, scale, item).normal(0.0, 0.25)
-        raw = self.true_quality(step.scene, scale, step.min_value, step.max_value) + offset + bias + rng.normal(0.0, noise)
+        raw = (self.true_quality(step.scene, scale, step.min_value, step.max_value)
+               + self.item_offset(step.scene, scale, item) + bias + rng.normal(0.0, noise))
         return int(np.clip(np.rint(raw), step.min_value, step.max_value))
 
     def response_time_s(self, participant_code: str, step: Step) -> float:

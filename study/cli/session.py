@@ -50,10 +50,14 @@ def _check_backend(backend: str, scripted) -> None:
     if backend == "none" and scripted is None:
         raise SessionError("--backend none has nobody to answer; pass --driver FILE or --simulate SEED")
     if backend != "none":
+        # Checked before the session and its trial order are written, so an unusable backend leaves nothing.
         try:
-            import viewer.session_runner  # noqa: F401  (checked before anything is written)
+            from viewer.backends.base import backend_class
         except ImportError as exc:
             raise BackendUnavailable(backend, f"the viewer cannot be loaded ({exc}); use --backend none") from None
+        reason = backend_class(backend).why_not()
+        if reason is not None:
+            raise BackendUnavailable(backend, reason)
 
 
 def _drive(engine, backend: str, scripted) -> None:

@@ -130,3 +130,12 @@ def test_bad_databases_exit_2(study, tmp_path):
                    "broken.toml", "invalid TOML")
     assert not (tmp_path / "new.sqlite").exists()
     one_line_error(invoke("study", "export", "--db", study, "--out", tmp_path / "a.xlsx"), "a.xlsx", ".csv or .parquet")
+
+
+def test_an_unusable_backend_is_refused_before_the_session_is_planned(study, monkeypatch):
+    from viewer.backends.openvr import OpenVRBackend
+
+    monkeypatch.setattr(OpenVRBackend, "why_not", classmethod(lambda cls: "no HMD detected; connect the headset"))
+    result = invoke("session", "run", "--db", str(study), "--participant", "P01", "--backend", "openvr")
+    one_line_error(result, "openvr", "no HMD detected")
+    assert count(study, StudySession) == 0

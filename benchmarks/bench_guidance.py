@@ -31,62 +31,6 @@ sys.path.insert(0, str(ROOT))
 PROMPT = "a red car driving on an asphalt road between tall buildings under a blue sky"
 
 
-def sd15_sized_components(device: str, dtype) -> dict:
-    """Random-weight components with Stable Diffusion 1.5's architecture (about 1.07 B parameters)."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from generator.tiny import offline_clip_tokenizer
-
-    tokenizer = offline_clip_tokenizer()
-    with torch.device(device):
-        unet = UNet2DConditionModel(
-            sample_size=64,
-            cross_attention_dim=768,
-            attention_head_dim=8,
-            block_out_channels=(320, 640, 1280, 1280),
-            layers_per_block=2,
-        )
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                hidden_size=768,
-                intermediate_size=3072,
-                num_attention_heads=12,
-                num_hidden_layers=12,
-                max_position_embeddings=77,
-                vocab_size=len(tokenizer),
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1,
-    )  # fmt: skip
-    if dtype != torch.float32:
-        unet, vae, text_encoder = unet.to(dtype), vae.to(dtype), text_encoder.to(dtype)
-    return {
-        "unet": unet.eval(),
-        "vae": vae.eval(),
-        "text_encoder": text_encoder.eval(),
-        "tokenizer": tokenizer,
-        "scheduler": scheduler,
-        "safety_checker": None,
-        "feature_extractor": None,
-        "image_encoder": None,
-    }
-
-
 def worker(mode: str, sd15: bool, steps: int, guided: int, repeats: int, threads: int) -> dict:
     """Build one pipeline, run ``repeats`` timed generations after a warm-up, return times and peak memory."""
     import torch
@@ -94,13 +38,13 @@ def worker(mode: str, sd15: bool, steps: int, guided: int, repeats: int, threads
 
     from generator.mask_guided_pipeline import MaskGuidedStableDiffusionPipeline
     from generator.scene_spec import load_scene_spec
-    from generator.tiny import tiny_sd_components
+    from generator.tiny import sd15_sized_components, tiny_sd_components
 
     if threads:
         torch.set_num_threads(threads)
     device = "cuda" if sd15 and torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
-    components = sd15_sized_components(device, dtype) if sd15 else tiny_sd_components(0)
+    components = sd15_sized_components(device=device, dtype=dtype) if sd15 else tiny_sd_components(0)
     cls = StableDiffusionPipeline if mode == "plain" else MaskGuidedStableDiffusionPipeline
     pipe = cls(**components, requires_safety_checker=False).to(device)
     pipe.set_progress_bar_config(disable=True)

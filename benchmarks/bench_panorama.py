@@ -23,46 +23,15 @@ import torch
 
 def sd15_pipeline(device: str, fp16: bool):
     """SD 1.5-sized random-weight components with a 4-channel (mask + RGB) ControlNet made from the UNet."""
-    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import ControlNetModel
 
     from generator.panorama_pipeline import PanoramaCompletionPipeline
-    from generator.tiny import offline_clip_tokenizer
+    from generator.tiny import sd15_sized_components
 
-    torch.manual_seed(0)
-    tokenizer = offline_clip_tokenizer()
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        cross_attention_dim=768,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        attention_head_dim=8,
-    )
-    controlnet = ControlNetModel.from_unet(unet, conditioning_channels=4)
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        sample_size=512,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_attention_heads=12,
-            num_hidden_layers=12,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
-    pipeline = PanoramaCompletionPipeline(vae, text_encoder, tokenizer, unet, controlnet, scheduler)
+    parts = sd15_sized_components(0)
+    controlnet = ControlNetModel.from_unet(parts["unet"], conditioning_channels=4)
+    pipeline = PanoramaCompletionPipeline(parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["unet"],
+                                          controlnet, parts["scheduler"])
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device, torch.float16 if fp16 else torch.float32)
 

@@ -88,7 +88,7 @@ def tiny_sd_components(seed: int = 0) -> dict:
         ``StableDiffusionPipeline(...)`` and of its subclasses. Default image size 64×64.
     """
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = offline_clip_tokenizer()
@@ -130,6 +130,13 @@ def tiny_sd_components(seed: int = 0) -> dict:
                 vocab_size=len(tokenizer),
             )
         )
+    return _pipeline_components(unet, vae, text_encoder, tokenizer)
+
+
+def _pipeline_components(unet, vae, text_encoder, tokenizer) -> dict:
+    """The keyword arguments of a Stable Diffusion pipeline, with SD 1.5's DDIM scheduler and no safety checker."""
+    from diffusers import DDIMScheduler
+
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -148,6 +155,52 @@ def tiny_sd_components(seed: int = 0) -> dict:
         "feature_extractor": None,
         "image_encoder": None,
     }
+
+
+def sd15_sized_components(seed: int = 0, *, device: str = "cpu", dtype=None) -> dict:
+    """Random-weight components with Stable Diffusion 1.5's architecture (about 1.07 B parameters).
+
+    For benchmarks: random weights make noise images but cost exactly what real weights of the same
+    architecture cost. The text encoder is CLIP-L-sized but for its vocabulary (the offline tokenizer's).
+    """
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = offline_clip_tokenizer()
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                hidden_size=768,
+                intermediate_size=3072,
+                num_attention_heads=12,
+                num_hidden_layers=12,
+                max_position_embeddings=77,
+                vocab_size=len(tokenizer),
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    if dtype is not None:
+        unet, vae, text_encoder = unet.to(dtype), vae.to(dtype), text_encoder.to(dtype)
+    return _pipeline_components(unet, vae, text_encoder, tokenizer)
 
 
 def tiny_mask_guided_pipeline(seed: int = 0) -> MaskGuidedStableDiffusionPipeline:

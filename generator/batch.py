@@ -31,6 +31,7 @@ from generator.panorama_pipeline import PanoramaSettings, load_panorama_pipeline
 from generator.projection import reprojection_error
 from generator.scene_spec import Layout, SceneSpec, load_scene_spec
 from generator.seams import seam_scores
+from generator.tile_refine import TileRefineSettings, load_tile_refiner
 from generator.upscale import DEFAULT_SIZE, load_sr_model, upscale_panorama
 from generator.xmp import save_panorama
 from study.errors import PanostudyError, SceneSpecError
@@ -152,6 +153,9 @@ def generate_sets(
     sr_overlap: int = 16,
     image_format: str = "png",
     device: str | None = None,
+    sr_base: str | None = None,
+    sr_control: str | None = None,
+    refine_strength: float = TileRefineSettings.strength,
 ) -> SetRunResult:
     """Generate (this process's share of) a scene set into ``out_dir``.
 
@@ -188,6 +192,11 @@ def generate_sets(
     image_format : "png" or "jpg"
     device : str, optional
         Default: this rank's GPU when there is one, else the CPU.
+    sr_base, sr_control : str, optional
+        Both or neither: Diffusion360's ``sr-base`` model and tile ControlNet ``sr-control`` (or ``"tiny"`` for
+        both); given, the upscaled panorama gets the ControlNet-tile refinement of :mod:`generator.tile_refine`.
+    refine_strength : float
+        The refinement's img2img strength in [0, 1].
 
     Returns
     -------
@@ -210,6 +219,9 @@ def generate_sets(
     width, height = size
     if width != 2 * height or width > 8192:
         raise PanostudyError(f"--size {width}x{height}: must be 2:1 and at most 8192x4096")
+    if (sr_base is None) != (sr_control is None):
+        raise PanostudyError("--sr-base and --sr-control: give both (Diffusion360's sr-base and sr-control) or neither")
+    refine_settings = TileRefineSettings(strength=refine_strength)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PanostudyError(f"--out {out_dir}: exists and is not a folder; choose a folder for the stimuli")
@@ -219,6 +231,12 @@ def generate_sets(
         multi = state is not None and state.num_processes > 1
         device = str(state.device) if multi and state.device.type == "cuda" else _default_device(rank)
     sr_model = load_sr_model(sr_weights, device=device, fp16=fp16) if sr_weights is not None else None
+    refiner = None
+    if sr_base is not None:
+        refiner = load_tile_refiner(
+            sr_base, sr_control, device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling
+        )
+        refiner.check_inputs(height, width, refine_settings)
 
     items = plan_items(specs, per_scene)
     mine = shard(items, rank, world_size)
@@ -255,6 +273,8 @@ def generate_sets(
                     sr_model,
                     sr_weights,
                     out_dir,
+                    refiner=refiner,
+                    refine=None if refiner is None else (sr_base, sr_control, refine_settings),
                     settings=settings,
                     size=size,
                     stage1_size=stage1_size,
@@ -301,6 +321,8 @@ def _make_item(
     sr_tile: int | None,
     sr_overlap: int,
     image_format: str,
+    refiner=None,
+    refine: tuple[str, str, TileRefineSettings] | None = None,
 ) -> dict:
     """Run both stages and super-resolution for one item, write its images, return its manifest entry."""
     import torch
@@ -338,6 +360,17 @@ def _make_item(
     start = time.perf_counter()
     final = upscale_panorama(result.image, sr_model, size=size, tile=sr_tile, overlap=sr_overlap)
     timings["super_resolution"] = time.perf_counter() - start
+    refinement = None
+    if refiner is not None:
+        sr_base, sr_control, refine_settings = refine
+        refined = refiner(final, spec.prompt, refine_settings, seed=item.seed)
+        final = refined.image
+        timings.update({f"tile_refine_{name}": seconds for name, seconds in refined.timings.items()})
+        refinement = {
+            "base": model_fingerprint(sr_base),
+            "controlnet": model_fingerprint(sr_control),
+            "settings": refine_settings.as_dict(),
+        }
     after = seam_scores(final)
 
     stem = item.stem()
@@ -390,6 +423,7 @@ def _make_item(
             "tile": sr_tile,
             "overlap": sr_overlap,
             "size": list(size),
+            "refinement": refinement,
         },
         "seams_before_sr": before,
         "seams": after,

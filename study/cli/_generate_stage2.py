@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from study.errors import StimulusError
+from study.errors import PanostudyError, StimulusError
 
 TINY_NOTE = (
     "model 'tiny': the offline random-weight model; its panoramas are PLACEHOLDERS (noise), for checking the "
@@ -32,6 +32,11 @@ def _panorama_settings(panorama_size: str, steps: int, guidance: float, blend: b
         wrap_decode=wrap_decode,
         prompt_prefix=prefix,
     )
+
+
+def _check_refine_options(sr_base: str | None, sr_control: str | None) -> None:
+    if (sr_base is None) != (sr_control is None):
+        raise PanostudyError("--sr-base and --sr-control: give both (Diffusion360's sr-base and sr-control) or neither")
 
 
 def add_stage2_commands(generate_app: typer.Typer) -> None:
@@ -57,6 +62,9 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         cpu_offload: bool = typer.Option(False, help="Keep models on the CPU until used (GPU memory)."),
         vae_tiling: bool = typer.Option(False, help="Tiled VAE decoding (GPU memory)."),
         sr_tile: int = typer.Option(256, help="Super-resolution tile size in input pixels."),
+        sr_base: str | None = typer.Option(None, help="Tile-refinement base model (Diffusion360 sr-base; needs --sr-control)."),
+        sr_control: str | None = typer.Option(None, help="Tile ControlNet (Diffusion360 sr-control; needs --sr-base)."),
+        refine_strength: float = typer.Option(0.3, help="Tile-refinement img2img strength, 0..1."),
     ) -> None:
         """Complete one image into a seamless 360° panorama (stage 2) and upscale it."""
         import numpy as np
@@ -64,6 +72,7 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
 
         from study.cli._console import console, err_console
 
+        _check_refine_options(sr_base, sr_control)
         if not image.is_file():
             raise StimulusError(f"{image}: no such image file")
         if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
@@ -87,9 +96,20 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
             model, controlnet, device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling
         )
         pipeline.check_inputs(picture, settings)
+        refiner = None
+        if sr_base is not None:
+            from generator.tile_refine import TileRefineSettings, load_tile_refiner
+
+            refine_settings = TileRefineSettings(strength=refine_strength)
+            refiner = load_tile_refiner(
+                sr_base, sr_control, device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling
+            )
+            refiner.check_inputs(target[1], target[0], refine_settings)
         with _progress_bar("completing") as advance:
             result = pipeline(picture, prompt, settings, seed=seed, progress=lambda done, total: advance(done, total))
         final = upscale_panorama(result.image, sr_model, size=target, tile=sr_tile)
+        if refiner is not None:
+            final = refiner(final, prompt, refine_settings, seed=seed).image
         save_panorama(final, out)
         scores = seam_scores(final)
         console.print(
@@ -119,6 +139,9 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         cpu_offload: bool = typer.Option(False, help="Keep models on the CPU until used (GPU memory)."),
         vae_tiling: bool = typer.Option(False, help="Tiled VAE decoding (GPU memory)."),
         sr_tile: int = typer.Option(256, help="Super-resolution tile size in input pixels."),
+        sr_base: str | None = typer.Option(None, help="Tile-refinement base model (Diffusion360 sr-base; needs --sr-control)."),
+        sr_control: str | None = typer.Option(None, help="Tile ControlNet (Diffusion360 sr-control; needs --sr-base)."),
+        refine_strength: float = typer.Option(0.3, help="Tile-refinement img2img strength, 0..1."),
         image_format: str = typer.Option("png", "--format", help="png or jpg."),
     ) -> None:
         """Stage 1 + stage 2 for every scene spec: resumable, shardable (accelerate launch or --rank/--world-size)."""
@@ -126,6 +149,7 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         from generator.upscale import parse_size
         from study.cli._console import console, err_console
 
+        _check_refine_options(sr_base, sr_control)
         settings = _panorama_settings(panorama_size, steps, guidance, True, True, prompt_prefix)
         target = parse_size(size)
         if model == "tiny":
@@ -151,6 +175,9 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
                 vae_tiling=vae_tiling,
                 sr_tile=sr_tile,
                 image_format=image_format,
+                sr_base=sr_base,
+                sr_control=sr_control,
+                refine_strength=refine_strength,
             )
         console.print(
             f"rank {result.rank}/{result.world_size}: made {len(result.written)}, skipped {result.skipped} "

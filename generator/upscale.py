@@ -9,7 +9,7 @@ sees it, and cut into overlapping tiles, so every output pixel near the seam is 
 it has on the sphere: super-resolution commutes with rotating the panorama about the vertical axis. The final
 resize to the exact target size (default 4096×2048) wraps the same way.
 
-Diffusion360's optional ControlNet-tile refinement (``sr-base`` / ``sr-control``) is not implemented here.
+Diffusion360's optional ControlNet-tile refinement (``sr-base`` / ``sr-control``) follows in ``generator.tile_refine``.
 """
 
 from __future__ import annotations

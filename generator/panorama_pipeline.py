@@ -449,31 +449,56 @@ def load_panorama_pipeline(
     PanostudyError
         If a model cannot be loaded (the message names the path or id).
     """
+    if model != TINY_MODEL and controlnet is None:
+        raise PanostudyError(
+            f"--controlnet: model '{model}' needs a ControlNet (Diffusion360's sd-i2p folder, or "
+            "lllyasviel/control_v11p_sd15_inpaint with an inpainting model)"
+        )
+    return build_controlnet_pipeline(
+        PanoramaCompletionPipeline, model, controlnet, tiny_conditioning_channels=4, options=("--model", "--controlnet"),
+        device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling, seed=seed,
+    )
+
+
+def build_controlnet_pipeline(
+    cls,
+    model: str,
+    controlnet: str | None,
+    *,
+    tiny_conditioning_channels: int,
+    options: tuple[str, str],
+    device: str,
+    fp16: bool,
+    cpu_offload: bool,
+    vae_tiling: bool,
+    seed: int,
+):
+    """Builds a ControlNet pipeline class of this package from a base model and a ControlNet, or the tiny pair.
+
+    ``options`` names the two CLI options in error messages; ``"tiny"`` builds the offline random-weight
+    components with a tiny ControlNet of ``tiny_conditioning_channels``. Same device and memory options as
+    :func:`load_panorama_pipeline`.
+    """
     if (fp16 or cpu_offload) and not str(device).startswith("cuda"):
         raise PanostudyError(f"--fp16 and --cpu-offload need a CUDA GPU but the device is '{device}'; drop them")
     if model == TINY_MODEL:
         from generator.tiny import tiny_controlnet, tiny_sd_components
 
         parts = tiny_sd_components(seed)
-        pipeline = PanoramaCompletionPipeline(
+        pipeline = cls(
             vae=parts["vae"],
             text_encoder=parts["text_encoder"],
             tokenizer=parts["tokenizer"],
             unet=parts["unet"],
-            controlnet=tiny_controlnet(seed, conditioning_channels=4),
+            controlnet=tiny_controlnet(seed, conditioning_channels=tiny_conditioning_channels),
             scheduler=parts["scheduler"],
         )
     else:
-        if controlnet is None:
-            raise PanostudyError(
-                f"--controlnet: model '{model}' needs a ControlNet (Diffusion360's sd-i2p folder, or "
-                "lllyasviel/control_v11p_sd15_inpaint with an inpainting model)"
-            )
         from diffusers import DDIMScheduler
 
         dtype = torch.float16 if fp16 else torch.float32
         try:
-            pipeline = PanoramaCompletionPipeline(
+            pipeline = cls(
                 vae=AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype),
                 text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype),
                 tokenizer=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
@@ -484,8 +509,8 @@ def load_panorama_pipeline(
         except (OSError, ValueError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PanostudyError(
-                f"--model '{model}' / --controlnet '{controlnet}': cannot load ({first_line}); pass local folders "
-                "in diffusers layout or hub ids that are in the local cache"
+                f"{options[0]} '{model}' / {options[1]} '{controlnet}': cannot load ({first_line}); pass local "
+                "folders in diffusers layout or hub ids that are in the local cache"
             ) from None
     if vae_tiling:
         pipeline.vae.enable_tiling()

@@ -32,11 +32,9 @@ from math import ceil
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
 
 from generator.mask_guided_pipeline import TINY_MODEL
-from generator.panorama_pipeline import PanoramaCompletionPipeline
+from generator.panorama_pipeline import PanoramaCompletionPipeline, build_controlnet_pipeline
 from generator.upscale import _wrap_pad
 from study.errors import PanostudyError, StimulusError
 
@@ -329,54 +327,18 @@ def load_tile_refiner(
     PanostudyError
         If a model cannot be loaded, or the ControlNet does not take a 3-channel control.
     """
-    if (fp16 or cpu_offload) and not str(device).startswith("cuda"):
-        raise PanostudyError(f"--fp16 and --cpu-offload need a CUDA GPU but the device is '{device}'; drop them")
     if (base == TINY_MODEL) != (controlnet == TINY_MODEL):
         raise PanostudyError(
             f"--sr-base '{base}' / --sr-control '{controlnet}': the tiny model has its own ControlNet; "
             "pass 'tiny' for both or real weights for both"
         )
-    if base == TINY_MODEL:
-        from generator.tiny import tiny_controlnet, tiny_sd_components
-
-        parts = tiny_sd_components(seed)
-        pipeline = TileRefinementPipeline(
-            vae=parts["vae"],
-            text_encoder=parts["text_encoder"],
-            tokenizer=parts["tokenizer"],
-            unet=parts["unet"],
-            controlnet=tiny_controlnet(seed, conditioning_channels=3),
-            scheduler=parts["scheduler"],
-        )
-    else:
-        from diffusers import DDIMScheduler
-
-        dtype = torch.float16 if fp16 else torch.float32
-        try:
-            pipeline = TileRefinementPipeline(
-                vae=AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype),
-                text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder", torch_dtype=dtype),
-                tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
-                unet=UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype),
-                controlnet=ControlNetModel.from_pretrained(controlnet, torch_dtype=dtype),
-                scheduler=DDIMScheduler.from_pretrained(base, subfolder="scheduler"),
-            )
-        except (OSError, ValueError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise PanostudyError(
-                f"--sr-base '{base}' / --sr-control '{controlnet}': cannot load ({first_line}); pass local folders "
-                "in diffusers layout or hub ids that are in the local cache"
-            ) from None
+    pipeline = build_controlnet_pipeline(
+        TileRefinementPipeline, base, controlnet, tiny_conditioning_channels=3, options=("--sr-base", "--sr-control"),
+        device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling, seed=seed,
+    )
     if pipeline.conditioning_channels != 3:
         raise PanostudyError(
             f"--sr-control '{controlnet}': takes {pipeline.conditioning_channels} conditioning channels; "
             "a tile ControlNet takes 3 (RGB)"
         )
-    if vae_tiling:
-        pipeline.vae.enable_tiling()
-    if cpu_offload:
-        pipeline.enable_model_cpu_offload(device=device)
-    else:
-        pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
     return pipeline

@@ -7,10 +7,22 @@ commands only, so ``panostudy --help`` stays light.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
 from study.errors import PanostudyError, StimulusError
+
+# Options shared by `generate panorama` and `generate sets`, defined once.
+Fp16Option = Annotated[bool, typer.Option(help="Half precision (GPU).")]
+CpuOffloadOption = Annotated[bool, typer.Option(help="Keep models on the CPU until used (GPU memory).")]
+VaeTilingOption = Annotated[bool, typer.Option(help="Tiled VAE decoding (GPU memory).")]
+SrTileOption = Annotated[int, typer.Option(help="Super-resolution tile size in input pixels.")]
+SrBaseOption = Annotated[
+    Optional[str], typer.Option(help="Tile-refinement base model (Diffusion360 sr-base; needs --sr-control).")
+]
+SrControlOption = Annotated[Optional[str], typer.Option(help="Tile ControlNet (Diffusion360 sr-control; needs --sr-base).")]
+RefineStrengthOption = Annotated[float, typer.Option(help="Tile-refinement img2img strength, 0..1.")]
 
 TINY_NOTE = (
     "model 'tiny': the offline random-weight model; its panoramas are PLACEHOLDERS (noise), for checking the "
@@ -58,13 +70,13 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         prompt_prefix: str = typer.Option("", help="Put before the prompt (Diffusion360: '<360panorama>, ')."),
         blend: bool = typer.Option(True, "--blend/--no-blend", help="Eq. 4 circular blending of the latent."),
         wrap_decode: bool = typer.Option(True, "--wrap-decode/--no-wrap-decode", help="Wrap-aware VAE decoding."),
-        fp16: bool = typer.Option(False, help="Half precision (GPU)."),
-        cpu_offload: bool = typer.Option(False, help="Keep models on the CPU until used (GPU memory)."),
-        vae_tiling: bool = typer.Option(False, help="Tiled VAE decoding (GPU memory)."),
-        sr_tile: int = typer.Option(256, help="Super-resolution tile size in input pixels."),
-        sr_base: str | None = typer.Option(None, help="Tile-refinement base model (Diffusion360 sr-base; needs --sr-control)."),
-        sr_control: str | None = typer.Option(None, help="Tile ControlNet (Diffusion360 sr-control; needs --sr-base)."),
-        refine_strength: float = typer.Option(0.3, help="Tile-refinement img2img strength, 0..1."),
+        fp16: Fp16Option = False,
+        cpu_offload: CpuOffloadOption = False,
+        vae_tiling: VaeTilingOption = False,
+        sr_tile: SrTileOption = 256,
+        sr_base: SrBaseOption = None,
+        sr_control: SrControlOption = None,
+        refine_strength: RefineStrengthOption = 0.3,
     ) -> None:
         """Complete one image into a seamless 360° panorama (stage 2) and upscale it."""
         import numpy as np
@@ -135,13 +147,13 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         stage1_steps: int | None = typer.Option(None, help="Override the specs' stage-1 step count."),
         rank: int | None = typer.Option(None, help="This process's rank (default: from accelerate, else 0)."),
         world_size: int | None = typer.Option(None, help="Number of processes (default: from accelerate, else 1)."),
-        fp16: bool = typer.Option(False, help="Half precision (GPU)."),
-        cpu_offload: bool = typer.Option(False, help="Keep models on the CPU until used (GPU memory)."),
-        vae_tiling: bool = typer.Option(False, help="Tiled VAE decoding (GPU memory)."),
-        sr_tile: int = typer.Option(256, help="Super-resolution tile size in input pixels."),
-        sr_base: str | None = typer.Option(None, help="Tile-refinement base model (Diffusion360 sr-base; needs --sr-control)."),
-        sr_control: str | None = typer.Option(None, help="Tile ControlNet (Diffusion360 sr-control; needs --sr-base)."),
-        refine_strength: float = typer.Option(0.3, help="Tile-refinement img2img strength, 0..1."),
+        fp16: Fp16Option = False,
+        cpu_offload: CpuOffloadOption = False,
+        vae_tiling: VaeTilingOption = False,
+        sr_tile: SrTileOption = 256,
+        sr_base: SrBaseOption = None,
+        sr_control: SrControlOption = None,
+        refine_strength: RefineStrengthOption = 0.3,
         image_format: str = typer.Option("png", "--format", help="png or jpg."),
     ) -> None:
         """Stage 1 + stage 2 for every scene spec: resumable, shardable (accelerate launch or --rank/--world-size)."""

@@ -127,7 +127,8 @@ def analyse_and_report(answers, ssq, poses, *, screening: str, out: Path, root: 
     for note in result.table1.notes:
         console.print(f"  • {note}", highlight=False)
     report_dir = files["report.html"].parent
-    console.print(f"report: [bold]{files['report.html']}[/]")
+    # Paths are printed unwrapped so that they can be copied whole.
+    console.print(f"report: [bold]{files['report.html']}[/]", soft_wrap=True)
     console.print(f"tables: {report_dir}/table1.csv, table1.md, table1.tex and {len(files) - 4} more files "
-                  f"(CSV tables, figures/*.png)", highlight=False)
+                  f"(CSV tables, figures/*.png)", highlight=False, soft_wrap=True)
     return files["report.html"]

@@ -85,9 +85,9 @@ def register(app: typer.Typer) -> None:
 
         # 3. Analyse and report.
         report = report_study(result.db, screening=screening, out=out / "report")
-        console.print(f"stimuli:  {result.stimuli} (manifest {result.manifest.name})", highlight=False)
-        console.print(f"study:    {result.db} ({len(result.participants)} participants)", highlight=False)
-        console.print(f"report:   {report}", highlight=False)
+        console.print(f"stimuli:  {result.stimuli} (manifest {result.manifest.name})", highlight=False, soft_wrap=True)
+        console.print(f"study:    {result.db} ({len(result.participants)} participants)", highlight=False, soft_wrap=True)
+        console.print(f"report:   {report}", highlight=False, soft_wrap=True)
         if settings.placeholder:
             console.print("Ratings were simulated with the paper's Table 1 as the true scene quality; "
                           "the images are placeholders from the tiny model.", highlight=False)

@@ -115,7 +115,7 @@ def image(
     output.images[0].save(out)
     sidecar.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
 
-    console.print(f"wrote {out} and {sidecar.name} ({width}x{height}, {steps} steps, {elapsed:.1f} s)")
+    console.print(f"wrote {out} and {sidecar.name} ({width}x{height}, {steps} steps, {elapsed:.1f} s)", soft_wrap=True)
     scores = ", ".join(f"{label} {share:.2f}" for label, share in output.mask_alignment.items())
     console.print(f"attention share inside each mask at the end of guidance: {scores}")
     if placeholder:

@@ -124,7 +124,7 @@ def export(
             frames.append((poses, load_poses(study)))
     for path, frame in frames:
         write_frame(frame, path)
-        console.print(f"wrote {len(frame)} rows to {path}")
+        console.print(f"wrote {len(frame)} rows to {path}", soft_wrap=True)
 
 
 @study_app.command("info")

@@ -61,7 +61,7 @@ def _render_to_file(image: Path, out: Path, yaw: float, pitch: float, fov: float
         pixels = backend.draw(Frame(stimulus=texture, head=view_rotation(yaw, pitch)))[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(out)
-    console.print(f"wrote {out} ({width}x{height}, yaw {yaw:g}°, pitch {pitch:g}°, fov {fov:g}°)")
+    console.print(f"wrote {out} ({width}x{height}, yaw {yaw:g}°, pitch {pitch:g}°, fov {fov:g}°)", soft_wrap=True)
 
 
 def _show_in_window(image: Path, yaw: float, pitch: float, fov: float, width: int, height: int, downscale: bool) -> None:

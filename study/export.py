@@ -7,6 +7,8 @@ retract consent to use what was recorded); ``panostudy study delete-participant`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -59,14 +61,19 @@ def _typed(rows: list, columns: dict[str, str]) -> pd.DataFrame:
     return frame
 
 
-def _opened(db: str | Path | StudyDB) -> tuple[StudyDB, bool]:
-    return (db, False) if isinstance(db, StudyDB) else (open_study(db), True)
+@contextmanager
+def _opened(db: str | Path | StudyDB) -> Iterator[StudyDB]:
+    """The study itself if already open (left open), else opened for the block and closed after it."""
+    if isinstance(db, StudyDB):
+        yield db
+        return
+    with open_study(db) as opened:
+        yield opened
 
 
 def load_answers(db_url: str | Path | StudyDB) -> pd.DataFrame:
     """Every rating of the study in long format (columns :data:`ANSWER_COLUMNS`), in recording order."""
-    db, owned = _opened(db_url)
-    try:
+    with _opened(db_url) as db:
         query = (
             sa.select(
                 Study.name, StudySession.protocol_sha256, Participant.code, StudySession.id, Trial.index, Trial.training,
@@ -91,15 +98,11 @@ def load_answers(db_url: str | Path | StudyDB) -> pd.DataFrame:
                  limits.min, limits.max, rt, shown, answered)
             )
         return _typed(rows, ANSWER_COLUMNS)
-    finally:
-        if owned:
-            db.close()
 
 
 def load_ssq(db_url: str | Path | StudyDB) -> pd.DataFrame:
     """Every SSQ answer (columns :data:`SSQ_COLUMNS`; ``item`` 1..16 in Kennedy et al. (1993) order)."""
-    db, owned = _opened(db_url)
-    try:
+    with _opened(db_url) as db:
         query = (
             sa.select(Participant.code, StudySession.id, SsqAnswer.phase, SsqAnswer.item, SsqAnswer.value)
             .select_from(SsqAnswer)
@@ -109,15 +112,11 @@ def load_ssq(db_url: str | Path | StudyDB) -> pd.DataFrame:
         )
         with db.Session() as session:
             return _typed(session.execute(query).all(), SSQ_COLUMNS)
-    finally:
-        if owned:
-            db.close()
 
 
 def load_poses(db_url: str | Path | StudyDB) -> pd.DataFrame:
     """Every head pose sample (columns :data:`POSE_COLUMNS`; ``t`` in seconds since the stimulus was shown)."""
-    db, owned = _opened(db_url)
-    try:
+    with _opened(db_url) as db:
         query = (
             sa.select(
                 Participant.code, StudySession.id, Trial.index, Stimulus.path, Stimulus.scene,
@@ -132,9 +131,6 @@ def load_poses(db_url: str | Path | StudyDB) -> pd.DataFrame:
         )
         with db.Session() as session:
             return _typed(session.execute(query).all(), POSE_COLUMNS)
-    finally:
-        if owned:
-            db.close()
 
 
 def check_output_path(out_path: Path) -> str:

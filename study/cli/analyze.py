@@ -44,9 +44,10 @@ def _load_db(db: str):
     if url is None and not Path(db).is_file():
         raise AnalysisError(f"--db {db}: no such database file; give the SQLite file of 'panostudy study init' or a URL")
     from study.export import load_answers, load_poses, load_ssq
+    from study.store import open_study
 
-    target = url or Path(db)
-    return load_answers(target), load_ssq(target), load_poses(target)
+    with open_study(url or Path(db)) as study:
+        return load_answers(study), load_ssq(study), load_poses(study)
 
 
 def register(app: typer.Typer) -> None:

@@ -162,7 +162,6 @@ class OpenVRBackend(Backend):
         return FrameInput(head=self._head, pointer=pointer, events=tuple(events))
 
     def draw(self, frame: Frame) -> None:
-        openvr = self._openvr
         head34 = np.hstack([self._head, self._head_position[:, None]])
         for eye, fbo, tangents, eye_to_head in zip(self._eyes, self._fbos, self._tangents, self._eye_to_head):
             rotation, position = eye_pose(head34, eye_to_head)

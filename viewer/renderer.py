@@ -109,7 +109,7 @@ class StimulusTextures:
                 return slot
         rank = self._wanted.index(path) if path in self._wanted else len(self._wanted)
         for slot in self._textures:
-            if slot[1].size != size or slot[0] == self.on_screen:
+            if slot[1].size != size or (slot[0] is not None and slot[0] == self.on_screen):
                 continue
             # a slot holding a less urgent stimulus (or none still wanted) may be overwritten
             if slot[0] not in self._wanted or self._wanted.index(slot[0]) > rank:

@@ -51,6 +51,25 @@ def test_mip_chain_averages_in_linear_light():
     np.testing.assert_array_equal(mip_chain(np.repeat(ramp, 2, 0))[1][:, 0, 0], np.arange(256))
 
 
+@pytest.mark.parametrize("shape", [(1, 2, 3), (3, 6, 3), (131, 262, 3), (64, 1, 4)])
+def test_mip_chain_matches_a_float_reference_across_band_edges(shape):
+    # 131 rows cross two band edges of 64 and end odd; the float chain is the definition, the
+    # 16-bit fixed-point one may differ by its rounding only
+    image = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    c = image / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    levels = mip_chain(image)
+    assert levels[0] is image
+    for level in levels[1:]:
+        h, w = linear.shape[:2]
+        linear = linear[: max(1, h // 2 * 2)].reshape(max(1, h // 2), -1, w, shape[2]).mean(1)
+        linear = linear[:, : max(1, w // 2 * 2)].reshape(linear.shape[0], max(1, w // 2), -1, shape[2]).mean(2)
+        srgb = np.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear ** (1 / 2.4) - 0.055)
+        assert level.shape == linear.shape
+        assert np.abs(level.astype(int) - np.round(srgb * 255)).max() <= 1
+    assert levels[-1].shape[:2] == (1, 1)
+
+
 def test_spread_upload_moves_every_level_in_bounded_steps(headless, tmp_path):
     backend = headless(8, 8)
     decoded = decode_with_mips(_save(tmp_path / "p.png", 256, 128))
@@ -93,9 +112,74 @@ def test_background_preload_does_not_block_the_render_loop(headless, tmp_path):
     )
 
 
-def test_a_bad_stimulus_surfaces_from_the_background_thread(headless, tmp_path):
+def test_a_bad_stimulus_surfaces_from_the_background_process(headless, tmp_path):
     stimuli = headless(8, 8).renderer.stimuli
     path = str(_save(tmp_path / "square.png", 32, 32))
     stimuli.want([path])
     with pytest.raises(StimulusError, match="not 2:1"):
         stimuli.get(path, block=True)
+
+
+def _prepare(stimuli, path, updates=10):
+    """Waits for the decode, then lets ``updates`` frames' worth of upload run; the texture or None."""
+    stimuli.loader.wait(path)
+    for _ in range(updates):
+        stimuli.update()
+    return stimuli.get(path)
+
+
+def _pixels(texture):
+    return np.frombuffer(texture.read(alignment=1), np.uint8).reshape(texture.height, texture.width, 3)
+
+
+def test_texture_slots_are_reused_but_never_the_one_on_screen(headless, tmp_path):
+    stimuli = headless(8, 8).renderer.stimuli
+    a, b, c = (str(_save(tmp_path / f"{name}.png", 128, 64, seed)) for seed, name in enumerate("abc"))
+    stimuli.reserve((128, 64))
+    # nothing on screen yet: the reserved (empty) slots must take the first stimulus
+    stimuli.want([a])
+    first = _prepare(stimuli, a)
+    assert first is not None
+    stimuli.show(a)
+    stimuli.want([a, b, c])
+    assert _prepare(stimuli, b) is not None
+    # both slots are taken: by the stimulus on screen and by a more urgent one
+    assert _prepare(stimuli, c) is None
+    np.testing.assert_array_equal(_pixels(first), np.asarray(Image.open(a)))
+    stimuli.show(b)
+    stimuli.want([b, c])
+    assert _prepare(stimuli, c) is first
+    np.testing.assert_array_equal(_pixels(first), np.asarray(Image.open(c)))
+    np.testing.assert_array_equal(_pixels(stimuli.get(b)), np.asarray(Image.open(b)))
+
+
+_KILLED_VIEWER = """
+import sys, time
+from viewer.textures import StimulusLoader
+if __name__ == "__main__":
+    loader = StimulusLoader()
+    decoded = loader.wait(sys.argv[1])
+    print(next(iter(loader._pool._processes)), decoded.shared.name, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_decoding_process_and_its_memory_go_when_the_viewer_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "viewer_process.py"
+    script.write_text(_KILLED_VIEWER)
+    viewer = subprocess.Popen([sys.executable, str(script), str(_save(tmp_path / "p.png", 64, 32))],
+                              stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    decoder_pid, block = viewer.stdout.readline().split()
+    assert os.path.exists(f"/dev/shm/{block}")
+    viewer.send_signal(signal.SIGKILL)
+    viewer.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (os.path.exists(f"/proc/{decoder_pid}") or os.path.exists(f"/dev/shm/{block}")):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{decoder_pid}"), "the decoding process outlived the viewer"
+    assert not os.path.exists(f"/dev/shm/{block}"), "the decoded image stayed in shared memory"

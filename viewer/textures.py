@@ -151,8 +151,8 @@ def _halve(linear: np.ndarray) -> np.ndarray:
 class DecodedStimulus:
     """A stimulus ready for upload: its path and mip chain (level 0 first).
 
-    The levels may be views into a shared-memory block written by the decoding process; call
-    :meth:`release` once they are uploaded.
+    The levels may be views into a shared-memory block (``shared``) owned by the
+    :class:`StimulusLoader` that decoded them; they are valid until the loader forgets the stimulus.
     """
 
     path: str
@@ -164,22 +164,22 @@ class DecodedStimulus:
         h, w = self.levels[0].shape[:2]
         return w, h
 
-    def release(self) -> None:
-        """Frees the shared-memory block behind the levels (they must not be used afterwards)."""
-        if self.shared is not None:
-            self.shared.close()
-            self.shared.unlink()
-
 
 def decode_with_mips(path: str | Path, *, max_width: int = MAX_WIDTH, downscale: bool = False) -> DecodedStimulus:
     """:func:`decode_stimulus` followed by :func:`mip_chain`."""
     return DecodedStimulus(str(path), tuple(mip_chain(decode_stimulus(path, max_width=max_width, downscale=downscale))))
 
 
-def _decode_to_shared_memory(path: str, max_width: int, downscale: bool) -> tuple[str, list[tuple[int, ...]]]:
-    """Runs in the decoding process: the mip chain, packed into a new shared-memory block."""
+def _decode_to_shared_memory(path: str, max_width: int, downscale: bool, reuse: str | None) -> tuple[str, list[tuple[int, ...]]]:
+    """Runs in the decoding process: the mip chain, packed into the shared-memory block named ``reuse``
+    if it is large enough (the stimuli of a study usually share one size), else into a new one."""
     levels = decode_with_mips(path, max_width=max_width, downscale=downscale).levels
-    block = SharedMemory(create=True, size=sum(level.nbytes for level in levels))
+    size = sum(level.nbytes for level in levels)
+    block = SharedMemory(name=reuse) if reuse is not None else None
+    if block is None or block.size < size:
+        if block is not None:
+            block.close()
+        block = SharedMemory(create=True, size=size)
     offset = 0
     for level in levels:
         np.ndarray(level.shape, np.uint8, buffer=block.buf, offset=offset)[...] = level
@@ -219,21 +219,6 @@ def _exit_with(parent_sentinel: int) -> None:
     os._exit(0)
 
 
-def _release_in_background(decoded: DecodedStimulus) -> None:
-    _idle_priority()
-    decoded.release()
-
-
-def _attach(path: str, name: str, shapes: list[tuple[int, ...]]) -> DecodedStimulus:
-    block = SharedMemory(name=name)
-    levels, offset = [], 0
-    for shape in shapes:
-        level = np.ndarray(shape, np.uint8, buffer=block.buf, offset=offset)
-        levels.append(level)
-        offset += level.nbytes
-    return DecodedStimulus(path, tuple(levels), block)
-
-
 class StimulusLoader:
     """Decodes stimuli in one low-priority background process; the render thread only ever picks up
     finished ones.
@@ -256,7 +241,12 @@ class StimulusLoader:
         self._pool: ProcessPoolExecutor | None = None
         self._jobs: dict[str, Future] = {}
         self._done: dict[str, DecodedStimulus] = {}
-        self._releasing: list[threading.Thread] = []
+        # Shared-memory blocks are mapped here once and reused, like the texture slots: creating and
+        # freeing ~130 MB per 8192 x 4096 stimulus costs 30-40 ms of page work, a third of a frame on
+        # a software renderer.
+        self._blocks: dict[str, SharedMemory] = {}
+        self._spare: list[str] = []
+        self._lent: dict[str, str] = {}
 
     def request(self, path: str) -> None:
         """Starts decoding ``path`` unless it is already queued or done."""
@@ -265,7 +255,10 @@ class StimulusLoader:
         if self._pool is None:
             # spawn: forking a process that holds a GL context and threads is unsafe
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_decoding_process)
-        self._jobs[path] = self._pool.submit(_decode_to_shared_memory, path, self.max_width, self.downscale)
+        reuse = self._spare.pop() if self._spare else None
+        if reuse is not None:
+            self._lent[path] = reuse
+        self._jobs[path] = self._pool.submit(_decode_to_shared_memory, path, self.max_width, self.downscale, reuse)
 
     def ready(self, path: str) -> DecodedStimulus | None:
         """The decoded stimulus if it is finished, else None; re-raises its StimulusError."""
@@ -281,30 +274,52 @@ class StimulusLoader:
 
     def _result(self, path: str, job: Future) -> DecodedStimulus:
         if path not in self._done:
+            lent = self._lent.pop(path, None)
             try:
                 name, shapes = job.result()
             except BaseException:
                 # a failed decode may be retried (e.g. after the file was fixed)
                 del self._jobs[path]
+                if lent is not None:
+                    self._spare.append(lent)
                 raise
-            self._done[path] = _attach(path, name, shapes)
+            if lent is not None and lent != name:
+                self._free(lent)   # too small for this stimulus
+            block = self._blocks.get(name) or SharedMemory(name=name)
+            self._blocks[name] = block
+            levels, offset = [], 0
+            for shape in shapes:
+                level = np.ndarray(shape, np.uint8, buffer=block.buf, offset=offset)
+                levels.append(level)
+                offset += level.nbytes
+            self._done[path] = DecodedStimulus(path, tuple(levels), block)
         return self._done[path]
 
     def forget(self, path: str) -> None:
-        """Drops a decoded stimulus; its memory is freed on a background thread."""
-        job = self._jobs.pop(path, None)
+        """Drops a finished decode (its arrays become invalid); its memory is kept for the next one.
+
+        The renderer forgets a stimulus once it is uploaded, :meth:`close` after waiting for the decode;
+        a running decode must not be forgotten, as its block may be lent again.
+        """
+        job = self._jobs.get(path)
+        if path not in self._done and job is not None and job.done() and not job.cancelled() and job.exception() is None:
+            self._result(path, job)
+        self._jobs.pop(path, None)
         decoded = self._done.pop(path, None)
-        if decoded is None and job is not None and job.done() and not job.cancelled() and job.exception() is None:
-            decoded = _attach(path, *job.result())
         if decoded is not None:
-            # Handing the ~130 MB of an 8192 x 4096 mip chain back to the kernel takes 30-40 ms, a third
-            # of a frame on a software renderer; a thread does it (munmap releases the GIL).
-            releaser = threading.Thread(target=_release_in_background, args=(decoded,), name="stimulus-release")
-            releaser.start()
-            self._releasing = [t for t in self._releasing if t.is_alive()] + [releaser]
+            self._spare.append(decoded.shared.name)
+        lent = self._lent.pop(path, None)
+        if lent is not None:
+            self._spare.append(lent)
+
+    def _free(self, name: str) -> None:
+        block = self._blocks.pop(name, None)
+        if block is not None:
+            block.close()
+            block.unlink()
 
     def close(self) -> None:
-        """Stops the decoding process and frees every block not yet picked up."""
+        """Stops the decoding process and frees every shared-memory block."""
         for path in list(self._jobs):
             job = self._jobs[path]
             if not job.done():
@@ -312,9 +327,9 @@ class StimulusLoader:
             with contextlib.suppress(Exception):
                 job.result()
             self.forget(path)
-        for releaser in self._releasing:
-            releaser.join()
-        self._releasing = []
+        for name in list(self._blocks):
+            self._free(name)
+        self._spare = []
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

@@ -183,3 +183,26 @@ def test_the_decoding_process_and_its_memory_go_when_the_viewer_is_killed(tmp_pa
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{decoder_pid}"), "the decoding process outlived the viewer"
     assert not os.path.exists(f"/dev/shm/{block}"), "the decoded image stayed in shared memory"
+
+
+def test_the_loader_reuses_its_shared_memory_and_frees_it_on_close(tmp_path):
+    loader = textures.StimulusLoader()
+    a, b = (str(_save(tmp_path / f"{name}.png", 64, 32, seed)) for seed, name in enumerate("ab"))
+    bigger = str(_save(tmp_path / "bigger.png", 128, 64, 2))
+    square = str(_save(tmp_path / "square.png", 32, 32, 3))
+    try:
+        first = loader.wait(a).shared.name
+        loader.forget(a)
+        with pytest.raises(StimulusError, match="not 2:1"):
+            loader.wait(square)               # a failed decode gives the block back ...
+        decoded = loader.wait(b)              # ... and the next stimulus of the same size reuses it
+        assert decoded.shared.name == first
+        for got, expected in zip(decoded.levels, mip_chain(np.asarray(Image.open(b)))):
+            np.testing.assert_array_equal(got, expected)
+        loader.forget(b)
+        assert loader.wait(bigger).shared.name != first
+        assert not os.path.exists(f"/dev/shm/{first}")   # too small, so freed
+        kept = loader.wait(bigger).shared.name
+    finally:
+        loader.close()
+    assert not os.path.exists(f"/dev/shm/{kept}")

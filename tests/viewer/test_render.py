@@ -5,6 +5,8 @@ import py360convert
 import pytest
 from PIL import Image
 
+from _panoramas import smooth_panorama
+
 from viewer.backends.base import Frame
 from viewer.camera import view_rotation
 from viewer.renderer import GREY_SRGB
@@ -37,7 +39,7 @@ def test_no_seam_at_180_degrees_with_mipmaps(headless, tmp_path_factory, offset_
     # a naive texture() call picks the coarsest mip and draws a line (checked: steps of ~116 there).
     path = tmp_path_factory.getbasetemp() / "big.png"
     if not path.exists():
-        Image.fromarray(np.asarray(Image.fromarray(_smooth(512)).resize((2048, 1024), Image.Resampling.BICUBIC))).save(path)
+        Image.fromarray(np.asarray(Image.fromarray(smooth_panorama(512)).resize((2048, 1024), Image.Resampling.BICUBIC))).save(path)
     backend = headless(64, 64, fov_deg=90)
     texture = backend.renderer.stimuli.get(str(path), block=True)
     yaw = 180.0 - offset_px * 90.0 / 64
@@ -51,12 +53,6 @@ def test_no_seam_at_180_degrees_with_mipmaps(headless, tmp_path_factory, offset_
     pixels = np.asarray(Image.open(path))
     reference = py360convert.e2p(pixels, 90, yaw, 0, (64, 64)).astype(np.float64)
     assert np.abs(view - reference)[:, seam - 2 : seam + 4].mean() <= 3.0
-
-
-def _smooth(height):
-    from conftest import smooth_panorama
-
-    return smooth_panorama(height)
 
 
 def test_grey_ramp_round_trips_8_bit_srgb(headless, tmp_path):

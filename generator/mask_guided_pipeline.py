@@ -21,6 +21,7 @@ References
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -278,6 +279,16 @@ class MaskGuidedPipelineOutput(BaseOutput):
     nsfw_content_detected: list[bool] | None
 
 
+@functools.cache
+def _warn_coarse_attention(wanted: tuple[int, int], chosen: tuple[int, int]) -> None:
+    # once per size and process: a set of 100 images would otherwise repeat it 100 times
+    logger.warning(
+        "no cross-attention at %sx%s (image/32) in this UNet; guiding its coarsest cross-attention maps, %sx%s",
+        *wanted,
+        *chosen,
+    )
+
+
 class MaskGuidedStableDiffusionPipeline(StableDiffusionPipeline):
     """Stable Diffusion whose objects appear where their masks are (the paper's Stage 1, Eq. 1–3).
 
@@ -348,11 +359,7 @@ class MaskGuidedStableDiffusionPipeline(StableDiffusionPipeline):
         wanted = (height // 32, width // 32)
         if wanted in available:
             return wanted
-        logger.warning(
-            "no cross-attention at %sx%s (image/32) in this UNet; guiding its coarsest cross-attention maps, %sx%s",
-            *wanted,
-            *available[-1],
-        )
+        _warn_coarse_attention(wanted, available[-1])
         return available[-1]
 
     @torch.no_grad()

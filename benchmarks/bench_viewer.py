@@ -87,11 +87,12 @@ def describe(phases: dict[str, np.ndarray], normal: np.ndarray) -> str:
     median = np.median(normal)
     longest = max(v[:, 0].max() for v in phases.values() if v.size)
     work = max(v[:, 1].max() for v in phases.values() if v.size)
-    parts = [f"{k}: {len(v)} frames, median {np.median(v[:, 0]):.0f} / p95 {np.percentile(v[:, 0], 95):.0f} / max {v[:, 0].max():.0f} ms"
+    parts = [f"{k}: {len(v)} frames, median {np.median(v[:, 0]):.0f} / p95 {np.percentile(v[:, 0], 95):.0f} / "
+             f"max {v[:, 0].max():.0f} ms = {v[:, 0].max() / median:.2f} x"
              for k, v in phases.items() if v.size]
     return (f"longest frame {longest:.0f} ms = {longest / median:.2f} x the median normal frame "
             f"({longest / normal.max():.2f} x the longest normal frame); the switch's own work in a frame "
-            f"at most {work:.1f} ms; " + "; ".join(parts))
+            f"at most {work:.1f} ms\n    " + "\n    ".join(parts))
 
 
 def switch_without_preload(backend, path: str) -> float:

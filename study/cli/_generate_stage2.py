@@ -126,7 +126,8 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         scores = seam_scores(final)
         console.print(
             f"wrote {out} ({target[0]}x{target[1]}); seam discontinuity {scores['discontinuity']:.3f}, "
-            f"wrap-L1 ratio {scores['wrap_l1_ratio']:.2f}"
+            f"wrap-L1 ratio {scores['wrap_l1_ratio']:.2f}",
+            soft_wrap=True,
         )
 
     @generate_app.command("sets")
@@ -193,7 +194,8 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
             )
         console.print(
             f"rank {result.rank}/{result.world_size}: made {len(result.written)}, skipped {result.skipped} "
-            f"already finished; manifest {result.manifest}"
+            f"already finished; manifest {result.manifest}",
+            soft_wrap=True,
         )
 
 

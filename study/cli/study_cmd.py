@@ -35,7 +35,8 @@ def init(
     with create_study(db, protocol if protocol is not None else DEFAULT_PROTOCOL) as study:
         loaded = study.protocol
         console.print(
-            f"created study [bold]{loaded.name}[/] ({loaded.version}, protocol sha256 {loaded.sha256[:12]}) in {study.url}"
+            f"created study [bold]{loaded.name}[/] ({loaded.version}, protocol sha256 {loaded.sha256[:12]}) in {study.url}",
+            soft_wrap=True,
         )
 
 

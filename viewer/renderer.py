@@ -13,6 +13,7 @@ from importlib import resources
 
 import numpy as np
 
+from study.errors import StimulusError
 from study.stimuli import MAX_WIDTH
 from viewer.camera import Tangents, projection_matrix, view_matrix
 from viewer.textures import (
@@ -88,6 +89,7 @@ class StimulusTextures:
         self._upload: SpreadUpload | None = None
         self._upload_path: str | None = None
         self._wanted: list[str] = []
+        self._failed: dict[str, StimulusError] = {}
         self.on_screen: str | None = None
 
     @property
@@ -100,7 +102,7 @@ class StimulusTextures:
         :meth:`update` as frames go by. Textures of stimuli no longer wanted may be reused."""
         self._wanted = list(dict.fromkeys(paths))
         for path in self._wanted:
-            if not self._complete(path):
+            if not self._complete(path) and path not in self._failed:
                 self.loader.request(path)
 
     def _slot_for(self, size: tuple[int, int], path: str):
@@ -108,12 +110,22 @@ class StimulusTextures:
             if slot[0] == path:
                 return slot
         rank = self._wanted.index(path) if path in self._wanted else len(self._wanted)
-        for slot in self._textures:
-            if slot[1].size != size or (slot[0] is not None and slot[0] == self.on_screen):
-                continue
-            # a slot holding a less urgent stimulus (or none still wanted) may be overwritten
-            if slot[0] not in self._wanted or self._wanted.index(slot[0]) > rank:
-                return slot
+        busy = {self.on_screen, self._upload_path} - {None}
+
+        def expendability(slot) -> tuple[int, int]:
+            # an empty slot first, then one no longer wanted, then the least urgent of the rest
+            if slot[0] is None:
+                return (0, 0)
+            if slot[0] not in self._wanted:
+                return (1, 0)
+            return (2, -self._wanted.index(slot[0]))
+
+        reusable = [
+            slot for slot in self._textures
+            if slot[1].size == size and slot[0] not in busy and expendability(slot) < (2, -rank)
+        ]
+        if reusable:
+            return min(reusable, key=expendability)
         if sum(s[1].size == size for s in self._textures) >= self._slots:
             return None
         slot = [None, allocate_stimulus_texture(self._ctx, size), False]
@@ -129,9 +141,14 @@ class StimulusTextures:
         """One frame's share of work: continue the running upload or start the next finished decode."""
         if self._upload is None:
             for path in self._wanted:
-                if self._complete(path):
+                if self._complete(path) or path in self._failed:
                     continue
-                decoded = self.loader.ready(path)
+                try:
+                    decoded = self.loader.ready(path)
+                except StimulusError as error:
+                    # raised by get() when this stimulus is due, not in the frames of an earlier one
+                    self._failed[path] = error
+                    continue
                 if decoded is None:
                     break
                 slot = self._slot_for(decoded.size, path)
@@ -155,7 +172,14 @@ class StimulusTextures:
 
         With ``block`` it decodes and uploads at once, stalling the caller (the no-preload baseline and
         one-off views).
+
+        Raises
+        ------
+        StimulusError
+            If the stimulus could not be decoded (also when the failure happened during its preload).
         """
+        if path in self._failed:
+            raise self._failed.pop(path)
         if not self._complete(path) and block:
             if self._upload is not None and self._upload_path == path:
                 while not self._upload.step():

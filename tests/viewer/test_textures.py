@@ -206,3 +206,38 @@ def test_the_loader_reuses_its_shared_memory_and_frees_it_on_close(tmp_path):
     finally:
         loader.close()
     assert not os.path.exists(f"/dev/shm/{kept}")
+
+
+def _uniform(path, value, width=2048):
+    Image.fromarray(np.full((width // 2, width, 3), value, np.uint8)).save(path)
+    return str(path)
+
+
+def test_a_blocking_load_never_takes_the_slot_of_an_upload_in_progress(headless, tmp_path):
+    stimuli = headless(8, 8).renderer.stimuli
+    x, p = _uniform(tmp_path / "x.png", 10), _uniform(tmp_path / "p.png", 200)
+    stimuli.reserve((2048, 1024))               # 8 MB of mips: two upload steps
+    stimuli.want([x])
+    stimuli.loader.wait(x)
+    stimuli.update()
+    assert stimuli.uploading == x
+    stimuli.want([p, x])                        # p is now the more urgent one, and is needed at once
+    texture = stimuli.get(p, block=True)
+    for _ in range(200):
+        stimuli.update()
+    assert np.unique(_pixels(texture)).tolist() == [200]
+    assert np.unique(_pixels(stimuli.get(x))).tolist() == [10]
+
+
+def test_a_bad_upcoming_stimulus_fails_only_when_it_is_due(headless, tmp_path):
+    stimuli = headless(8, 8).renderer.stimuli
+    shown, good = _uniform(tmp_path / "shown.png", 50), _uniform(tmp_path / "good.png", 90)
+    bad = str(_save(tmp_path / "bad.png", 64, 64))
+    stimuli.want([shown, bad, good])
+    stimuli.loader.wait(good)                   # one decoding process, first in first out: all are done
+    for _ in range(50):
+        stimuli.update()                        # the frames of `shown` go on
+    assert stimuli.get(shown) is not None
+    assert stimuli.get(good) is not None        # the stimulus behind the bad one was not held up
+    with pytest.raises(StimulusError, match=r"bad\.png: 64x64 is not 2:1"):
+        stimuli.get(bad)

@@ -3,8 +3,8 @@
 For every engine step: a stimulus fades in from neutral grey, stays for the protocol's exposure time
 while head poses are sampled, and fades out; every other step (instructions, SSQ items, ratings,
 breaks) is the rating panel over grey. Each answer is submitted (and committed by the engine) before
-the next step appears. While the panel is up, the next stimuli decode on a background thread and
-upload a strip per frame, so a switch never stalls the display.
+the next step appears. From the moment a stimulus appears, the next ones decode in a background
+process and upload a strip per frame, so a switch never stalls the display.
 
 A scripted driver (``study.driver.ScriptedDriver``) can answer instead of a person; the headless
 backend needs one and then runs on a simulated clock, so a 20-minute session takes seconds.
@@ -147,7 +147,8 @@ class SessionRunner:
     def _stimulus(self, step):
         stimuli = self.backend.renderer.stimuli
         stimuli.want([step.stimulus_path, *self.engine.upcoming_stimuli(self.preload)])
-        self._frame_times, self._last_frame = [], None
+        # _last_frame carries over: a wait for this stimulus shows up as its first frame time
+        self._frame_times = []
         texture = stimuli.get(step.stimulus_path, block=self.preload == 0)
         while texture is None:
             self._frame(Frame(stimulus=None, fade=1.0, head=self._scripted_head(None, 0.0)))
@@ -168,6 +169,9 @@ class SessionRunner:
         self.backend.fade_to_grey(FADE_S, grey=True)
         while (t := self.clock.now() - ended_s) < FADE_S:
             self._frame(Frame(stimulus=texture, fade=t / FADE_S, head=self._scripted_head(motion, step.exposure_s)))
+        # The eye buffers are grey now. A compositor's grey is drawn over everything, the panels that
+        # follow included, so it is lifted here; it has covered the switch itself.
+        self.backend.fade_to_grey(0.0, grey=False)
         stimuli.show(None)
         # Poses first: if the process dies before the submit, resume discards them with the exposure.
         self.poses.flush(self.engine, step.trial_index)
@@ -219,7 +223,9 @@ class SessionRunner:
         submitted = 0
         step = self.engine.current()
         if self.preload:
-            self.backend.renderer.stimuli.want(self.engine.upcoming_stimuli(self.preload))
+            # on resume at a stimulus, that stimulus is decoded first
+            current = [step.stimulus_path] if step.kind == "stimulus" else []
+            self.backend.renderer.stimuli.want(current + list(self.engine.upcoming_stimuli(self.preload)))
         try:
             while step.kind != "done":
                 step = self._stimulus(step) if step.kind == "stimulus" else self._panel(step)

@@ -1,5 +1,8 @@
 """A whole scripted session through the headless backend, with the real engine and store."""
 
+import json
+import time
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -10,7 +13,9 @@ from study.engine import SessionEngine
 from study.errors import SessionError
 from study.export import load_answers, load_poses, load_ssq
 from viewer.backends.headless import HeadlessBackend
-from viewer.session_runner import run_session
+from viewer.renderer import StimulusTextures
+from viewer.session_runner import SessionRunner, run_session
+from viewer.textures import StimulusLoader
 
 EXPOSURE_S, POSE_HZ, FRAME_HZ = 1.0, 10.0, 10.0
 
@@ -66,3 +71,71 @@ def test_headless_needs_a_driver(tiny_study):
     with pytest.raises(SessionError, match="--driver FILE or --simulate SEED"):
         run_session(engine, "headless")
     assert engine.current().key == "instructions"
+
+
+class _CompositorRecorder(HeadlessBackend):
+    """Headless, plus the state a compositor's fadeToColor would be in (OpenVR draws it over everything)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.compositor_grey = False
+        self.grey_fades = 0
+        self.panel_frames_under_grey = self.panel_frames = 0
+
+    def fade_to_grey(self, seconds, grey):
+        self.compositor_grey = grey
+        self.grey_fades += grey
+
+    def draw(self, frame):
+        if frame.panel is not None:
+            self.panel_frames += 1
+            self.panel_frames_under_grey += self.compositor_grey
+        return super().draw(frame)
+
+
+def test_the_compositor_grey_covers_switches_but_never_a_panel(tiny_study):
+    engine = SessionEngine.start(tiny_study, "P01")
+    backend = _CompositorRecorder(16, 16)
+    run_session(engine, backend, driver=ScriptedDriver(RaterModel(seed=1), motion_seed=1), frame_hz=FRAME_HZ)
+    assert backend.grey_fades == len(engine.trials)
+    assert backend.panel_frames > 0 and backend.panel_frames_under_grey == 0
+
+
+def test_resumed_at_a_stimulus_that_stimulus_decodes_first(tiny_study, monkeypatch):
+    driver = ScriptedDriver(RaterModel(seed=1), motion_seed=1)
+    engine = SessionEngine.start(tiny_study, "P01")
+    while engine.current().kind != "stimulus":
+        driver.run(engine, max_steps=1)
+    engine = SessionEngine.resume(tiny_study, "P01")
+    requested = []
+    request = StimulusLoader.request
+    monkeypatch.setattr(StimulusLoader, "request", lambda self, path: (requested.append(path), request(self, path))[1])
+
+    class Stop(Exception):
+        pass
+
+    def stop(self, step):
+        raise Stop
+
+    monkeypatch.setattr(SessionRunner, "_stimulus", stop)
+    with pytest.raises(Stop):
+        run_session(engine, HeadlessBackend(16, 16), driver=driver, frame_hz=FRAME_HZ, preload=2)
+    assert requested[0] == engine.current().stimulus_path and len(requested) == 3
+
+
+def test_the_wait_for_a_stimulus_counts_in_its_frame_times(tiny_study, monkeypatch):
+    get = StimulusTextures.get
+
+    def slow_blocking_get(self, path, *, block=False):
+        if block:
+            time.sleep(0.3)
+        return get(self, path, block=block)
+
+    monkeypatch.setattr(StimulusTextures, "get", slow_blocking_get)
+    engine = SessionEngine.start(tiny_study, "P01")
+    run_session(engine, HeadlessBackend(16, 16), driver=ScriptedDriver(RaterModel(seed=1), motion_seed=1),
+                frame_hz=FRAME_HZ, preload=0)
+    with tiny_study.engine.connect() as connection:
+        timing = connection.execute(sa.text("select detail from event where kind = 'frame_timing'")).scalars().all()
+    assert len(timing) == len(engine.trials)
+    assert all(json.loads(detail)["max_ms"] >= 300 for detail in timing)

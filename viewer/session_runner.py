@@ -98,6 +98,8 @@ class SessionRunner:
             start = max(datetime.now(timezone.utc), engine.last_activity() or datetime.min.replace(tzinfo=timezone.utc))
             self.clock = _SimulatedClock(1.0 / frame_hz, start)
         self.head = np.eye(3)
+        # In a tracked headset the eyes are ~1.7 m above the tracking origin: the panel hangs ahead of them.
+        self.head_position = np.zeros(3)
         self.frames = 0
         self._frame_times: list[float] = []
         self._last_frame: float | None = None
@@ -111,6 +113,8 @@ class SessionRunner:
             raise _Interrupted
         if frame.head is None:
             self.head = user.head
+        if user.head_position is not None:
+            self.head_position = user.head_position
         self.backend.renderer.stimuli.update()
         self.backend.draw(frame)
         self.clock.tick()
@@ -194,7 +198,7 @@ class SessionRunner:
     def _panel(self, step):
         yaw = yaw_pitch_roll(self.head)[0]
         t0 = self.clock.now()
-        panel = Panel(step, shown_at_s=t0, yaw_deg=yaw)
+        panel = Panel(step, shown_at_s=t0, yaw_deg=yaw, eye_position=self.head_position)
         scripted: list[InputEvent] = []
         answer_at = None
         if self.driver is not None:
@@ -227,6 +231,8 @@ class SessionRunner:
             current = [step.stimulus_path] if step.kind == "stimulus" else []
             self.backend.renderer.stimuli.want(current + list(self.engine.upcoming_stimuli(self.preload)))
         try:
+            # one grey frame first, so the first panel knows where the head is
+            self._frame(Frame(stimulus=None, fade=1.0, head=self.head if self.driver else None))
             while step.kind != "done":
                 step = self._stimulus(step) if step.kind == "stimulus" else self._panel(step)
                 submitted += 1

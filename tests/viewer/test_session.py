@@ -12,6 +12,7 @@ from study.driver import RaterModel, ScriptedDriver, scripted_head_motion
 from study.engine import SessionEngine
 from study.errors import SessionError
 from study.export import load_answers, load_poses, load_ssq
+from viewer.backends.base import FrameInput
 from viewer.backends.headless import HeadlessBackend
 from viewer.renderer import StimulusTextures
 from viewer.session_runner import SessionRunner, run_session
@@ -139,3 +140,32 @@ def test_the_wait_for_a_stimulus_counts_in_its_frame_times(tiny_study, monkeypat
         timing = connection.execute(sa.text("select detail from event where kind = 'frame_timing'")).scalars().all()
     assert len(timing) == len(engine.trials)
     assert all(json.loads(detail)["max_ms"] >= 300 for detail in timing)
+
+
+class _StandingHeadset(HeadlessBackend):
+    """Headless, with a tracker that puts the head 1.7 m above the tracking origin, off centre."""
+
+    HEAD = np.array([0.3, 1.7, -0.2])
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.panel_centres = []
+
+    def poll_input(self):
+        polled = super().poll_input()
+        return FrameInput(head=polled.head, pointer=polled.pointer, events=polled.events, head_position=self.HEAD)
+
+    def draw(self, frame):
+        if frame.panel is not None:
+            self.panel_centres.append(frame.panel.center)
+        return super().draw(frame)
+
+
+def test_the_panel_hangs_ahead_of_the_tracked_head_not_of_the_origin(tiny_study):
+    backend = _StandingHeadset(16, 16)
+    run_session(SessionEngine.start(tiny_study, "P01"), backend,
+                driver=ScriptedDriver(RaterModel(seed=1), motion_seed=1), frame_hz=FRAME_HZ)
+    offsets = np.array(backend.panel_centres) - _StandingHeadset.HEAD
+    assert len(offsets) > 0
+    np.testing.assert_allclose(offsets[:, 1], 0.0, atol=1e-9)
+    np.testing.assert_allclose(np.hypot(offsets[:, 0], offsets[:, 2]), 1.5, atol=1e-9)

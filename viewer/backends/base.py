@@ -57,11 +57,13 @@ class InputEvent:
 @dataclass(frozen=True)
 class FrameInput:
     """What :meth:`Backend.poll_input` returns: the head orientation (world-from-head), the pointer ray
-    if there is one, and the events since the last poll."""
+    if there is one, the events since the last poll, and the head position (metres, in the tracking
+    space the pointer uses) where a tracker reports one."""
 
     head: np.ndarray
     pointer: Ray | None = None
     events: tuple[InputEvent, ...] = ()
+    head_position: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ class OpenVRBackend(Backend):
         select = self.input.getDigitalActionData(self._select, openvr.k_ulInvalidInputValueHandle)
         if select.bActive and select.bChanged and select.bState and pointer is not None:
             events.append(InputEvent("click", ray=pointer))
-        return FrameInput(head=self._head, pointer=pointer, events=tuple(events))
+        return FrameInput(head=self._head, pointer=pointer, events=tuple(events), head_position=self._head_position)
 
     def draw(self, frame: Frame) -> None:
         head34 = np.hstack([self._head, self._head_position[:, None]])

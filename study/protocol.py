@@ -34,6 +34,10 @@ MAX_POSE_RATE_HZ = 90.0
 SSQ_ITEM_COUNT = 16
 """Kennedy et al. (1993) scoring weights index the 16 items by position, so the count is fixed."""
 
+MAX_SCALE_POINTS = 11
+"""The in-headset panel lays out one button per value in a row; at 11 each is still about 3° wide at
+1.5 m, enough to aim a controller's laser at."""
+
 SSQ_VALUES = (0, 1, 2, 3)
 """SSQ answers are zero-based (0 None ... 3 Severe); the scoring formulas assume it."""
 
@@ -357,6 +361,11 @@ class _Reader:
             high = self.get(entry, "max", path, int, "an integer")
             if low >= high:
                 raise self.fail(_join(path, "min"), f"min {low} is not below max {high}", "make min < max")
+            if high - low + 1 > MAX_SCALE_POINTS:
+                raise self.fail(
+                    _join(path, "max"), f"{low}..{high} has {high - low + 1} points; the rating panel shows at most "
+                    f"{MAX_SCALE_POINTS} buttons", f"use at most {MAX_SCALE_POINTS} points (e.g. 0..10)"
+                )
             scales.append(Scale(id=scale_id, name=self.text(entry, "name", path), min=low, max=high,
                                 items=self.items(entry, path, range(low, high + 1))))
         return tuple(scales)

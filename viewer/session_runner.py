@@ -153,6 +153,7 @@ class SessionRunner:
         stimuli.want([step.stimulus_path, *self.engine.upcoming_stimuli(self.preload)])
         # _last_frame carries over: a wait for this stimulus shows up as its first frame time
         self._frame_times = []
+        self.backend.timing_stats()   # restarts the display's counts, so they cover this trial's frames only
         texture = stimuli.get(step.stimulus_path, block=self.preload == 0)
         while texture is None:
             self._frame(Frame(stimulus=None, fade=1.0, head=self._scripted_head(None, 0.0)))

@@ -169,3 +169,30 @@ def test_the_panel_hangs_ahead_of_the_tracked_head_not_of_the_origin(tiny_study)
     assert len(offsets) > 0
     np.testing.assert_allclose(offsets[:, 1], 0.0, atol=1e-9)
     np.testing.assert_allclose(np.hypot(offsets[:, 0], offsets[:, 2]), 1.5, atol=1e-9)
+
+
+class _CountingDisplay(HeadlessBackend):
+    """Headless, with display statistics that count the frames drawn since the last call."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.drawn = 0
+
+    def draw(self, frame):
+        self.drawn += 1
+        return super().draw(frame)
+
+    def timing_stats(self):
+        counted, self.drawn = self.drawn, 0
+        return {"display_frames": counted}
+
+
+def test_display_statistics_cover_the_same_frames_as_the_frame_times(tiny_study):
+    engine = SessionEngine.start(tiny_study, "P01")
+    run_session(engine, _CountingDisplay(16, 16), driver=ScriptedDriver(RaterModel(seed=1), motion_seed=1),
+                frame_hz=FRAME_HZ)
+    with tiny_study.engine.connect() as connection:
+        details = [json.loads(d) for d in connection.execute(
+            sa.text("select detail from event where kind = 'frame_timing'")).scalars()]
+    assert len(details) == len(engine.trials)
+    assert all(d["display_frames"] == d["frames"] for d in details)

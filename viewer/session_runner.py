@@ -183,6 +183,9 @@ class SessionRunner:
         shown_at = self.clock.utc(shown_s)
         following = self.engine.submit(step.key, None, shown_at=shown_at, answered_at=shown_at + timedelta(seconds=ended_s - shown_s))
         self._timing_event(step.trial_index)
+        if self.preload:
+            # the stimulus just shown no longer holds a slot: the panels' frames prepare the next ones
+            stimuli.want(self.engine.upcoming_stimuli(self.preload))
         return following
 
     def _scripted_head(self, motion: np.ndarray | None, t_s: float) -> np.ndarray | None:

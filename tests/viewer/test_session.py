@@ -196,3 +196,26 @@ def test_display_statistics_cover_the_same_frames_as_the_frame_times(tiny_study)
             sa.text("select detail from event where kind = 'frame_timing'")).scalars()]
     assert len(details) == len(engine.trials)
     assert all(d["display_frames"] == d["frames"] for d in details)
+
+
+def test_during_the_panels_every_preloaded_stimulus_gets_a_texture(tiny_study):
+    # two texture slots and preload 2: once a stimulus has been shown, both next ones must fit
+    engine = SessionEngine.start(tiny_study, "P01")
+    backend = HeadlessBackend(16, 16)
+    prepared = []
+
+    def check(step):
+        if step.kind != "stimulus" or step.trial_index == 0:
+            return
+        stimuli = backend.renderer.stimuli
+        upcoming = [step.stimulus_path, *engine.upcoming_stimuli(1)]
+        for path in upcoming:
+            if stimuli.get(path) is None:
+                stimuli.loader.wait(path)
+        for _ in range(5):
+            stimuli.update()
+        prepared.append(all(stimuli.get(path) is not None for path in upcoming))
+
+    run_session(engine, backend, driver=ScriptedDriver(RaterModel(seed=1), motion_seed=1), frame_hz=FRAME_HZ,
+                preload=2, on_step=check)
+    assert len(prepared) == len(engine.trials) - 1 and all(prepared)

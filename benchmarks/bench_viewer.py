@@ -7,6 +7,7 @@ longest frame of a preloaded switch is at most 1.5 × a normal frame.
 
 On a software renderer (Mesa llvmpipe) the GPU is the CPU, so the decoding process and the renderer
 share the cores; the switch's own work on the render thread (``update ms``) is printed separately.
+Last, a stimulus that is due before it is decoded: grey frames until it is ready.
 
 Run: ``.venv/bin/python benchmarks/bench_viewer.py [--frames 120] [--size 8192]``
 """
@@ -104,6 +105,21 @@ def switch_without_preload(backend, path: str) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
+def wait_on_grey(backend, path: str) -> tuple[float, np.ndarray]:
+    """A stimulus that is due but not decoded: grey frames while its decode is hurried, as the session
+    runner does. Returns the seconds until it is ready and the grey frame times (ms)."""
+    stimuli = backend.renderer.stimuli
+    stimuli.want([path])
+    start, times = time.perf_counter(), []
+    while stimuli.get(path) is None:
+        stimuli.hurry(path)
+        begin = time.perf_counter()
+        stimuli.update()
+        backend.draw(Frame(stimulus=None, fade=1.0))
+        times.append((time.perf_counter() - begin) * 1000.0)
+    return time.perf_counter() - start, np.array(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=120, help="normal frames to time")
@@ -143,6 +159,10 @@ def main() -> None:
             stimuli.show(str(paths[2]))
             stall = switch_without_preload(backend, str(paths[3]))
             print(f"switch without preload: one frame of {stall:.0f} ms = {stall / np.median(normal):.1f} x normal")
+            stimuli.show(str(paths[3]))
+            waited, grey = wait_on_grey(backend, str(paths[0]))
+            print(f"due but not decoded: ready after {waited:.1f} s of grey frames ({len(grey)} frames, median "
+                  f"{np.median(grey):.0f} ms, max {grey.max():.0f} ms); the decoding process is hurried to normal priority")
             print(f"threads alive: {threading.active_count()}")
 
 

@@ -167,6 +167,10 @@ class StimulusTextures:
     def _complete(self, path: str) -> bool:
         return any(s[0] == path and s[2] for s in self._textures)
 
+    def hurry(self, path: str) -> None:
+        """``path`` is due and not ready: its decode runs at normal priority (see StimulusLoader.hurry)."""
+        self.loader.hurry(path)
+
     def get(self, path: str, *, block: bool = False):
         """The finished texture of ``path``, or None while it is still being prepared.
 

@@ -156,6 +156,7 @@ class SessionRunner:
         self.backend.timing_stats()   # restarts the display's counts, so they cover this trial's frames only
         texture = stimuli.get(step.stimulus_path, block=self.preload == 0)
         while texture is None:
+            stimuli.hurry(step.stimulus_path)
             self._frame(Frame(stimulus=None, fade=1.0, head=self._scripted_head(None, 0.0)))
             texture = stimuli.get(step.stimulus_path)
         stimuli.show(step.stimulus_path)

@@ -241,3 +241,23 @@ def test_a_bad_upcoming_stimulus_fails_only_when_it_is_due(headless, tmp_path):
     assert stimuli.get(good) is not None        # the stimulus behind the bad one was not held up
     with pytest.raises(StimulusError, match=r"bad\.png: 64x64 is not 2:1"):
         stimuli.get(bad)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+def test_hurry_runs_the_decoder_at_normal_priority_until_the_stimulus_is_ready(tmp_path):
+    loader = textures.StimulusLoader()
+    source = _save(tmp_path / "source.png", 64, 32)
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)                              # the decode waits until the test writes the image
+    try:
+        loader.request(str(pipe))
+        decoder = loader._worker_pid.result(timeout=120)
+        assert os.sched_getscheduler(decoder) == os.SCHED_IDLE
+        loader.hurry(str(pipe))
+        assert os.sched_getscheduler(decoder) == os.SCHED_OTHER
+        with open(pipe, "wb") as writer:
+            writer.write(source.read_bytes())
+        np.testing.assert_array_equal(loader.wait(str(pipe)).levels[0], np.asarray(Image.open(source)))
+        assert os.sched_getscheduler(decoder) == os.SCHED_IDLE
+    finally:
+        loader.close()

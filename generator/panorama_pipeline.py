@@ -331,31 +331,7 @@ class PanoramaCompletionPipeline(DiffusionPipeline):
 
         # 5. Denoising loop
         for index, timestep in enumerate(timesteps):
-            model_input = torch.cat([latents] * 2) if guided else latents
-            model_input = self.scheduler.scale_model_input(model_input, timestep)
-            batch_control = torch.cat([control] * 2) if guided else control
-            down_residuals, mid_residual = self.controlnet(
-                model_input.to(self.controlnet.dtype),
-                timestep,
-                encoder_hidden_states=embeddings.to(self.controlnet.dtype),
-                controlnet_cond=batch_control,
-                conditioning_scale=settings.controlnet_scale,
-                return_dict=False,
-            )
-            if inpaint_inputs is not None:
-                extra = torch.cat([inpaint_inputs] * 2) if guided else inpaint_inputs
-                model_input = torch.cat([model_input, extra], dim=1)
-            noise_pred = self.unet(
-                model_input.to(self.unet.dtype),
-                timestep,
-                encoder_hidden_states=embeddings.to(self.unet.dtype),
-                down_block_additional_residuals=down_residuals,
-                mid_block_additional_residual=mid_residual,
-                return_dict=False,
-            )[0]
-            if guided:
-                uncond, cond = noise_pred.chunk(2)
-                noise_pred = uncond + settings.guidance_scale * (cond - uncond)
+            noise_pred = self._predict_noise(latents, control, timestep, embeddings, settings, inpaint_inputs)
             latents = self.scheduler.step(noise_pred, timestep, latents, generator=generator, return_dict=False)[0]
             if settings.keep_known:
                 latents = self._reinject_known(latents, known_latents, known_cells, timesteps, index, generator)
@@ -379,6 +355,40 @@ class PanoramaCompletionPipeline(DiffusionPipeline):
         timings["paste"] = time.perf_counter() - start
         self.maybe_free_model_hooks()
         return PanoramaResult(image=panorama, canvas=canvas, timings=timings)
+
+    def _predict_noise(self, latents, control, timestep, embeddings, settings, inpaint_inputs=None) -> torch.Tensor:
+        """ControlNet + UNet noise prediction, with classifier-free guidance when the embeddings are a
+        (negative, prompt) pair: :math:`\\epsilon = \\epsilon_u + s\\,(\\epsilon_c - \\epsilon_u)`.
+
+        ``inpaint_inputs`` (mask and masked-image latents) are appended to the UNet's input channels for
+        an inpainting UNet; the ControlNet sees the plain latents.
+        """
+        guided = embeddings.shape[0] == 2
+        model_input = torch.cat([latents] * 2) if guided else latents
+        model_input = self.scheduler.scale_model_input(model_input, timestep)
+        down_residuals, mid_residual = self.controlnet(
+            model_input.to(self.controlnet.dtype),
+            timestep,
+            encoder_hidden_states=embeddings.to(self.controlnet.dtype),
+            controlnet_cond=torch.cat([control] * 2) if guided else control,
+            conditioning_scale=settings.controlnet_scale,
+            return_dict=False,
+        )
+        if inpaint_inputs is not None:
+            extra = torch.cat([inpaint_inputs] * 2) if guided else inpaint_inputs
+            model_input = torch.cat([model_input, extra], dim=1)
+        noise_pred = self.unet(
+            model_input.to(self.unet.dtype),
+            timestep,
+            encoder_hidden_states=embeddings.to(self.unet.dtype),
+            down_block_additional_residuals=down_residuals,
+            mid_block_additional_residual=mid_residual,
+            return_dict=False,
+        )[0].to(latents.dtype)
+        if guided:
+            uncond, cond = noise_pred.chunk(2)
+            noise_pred = uncond + settings.guidance_scale * (cond - uncond)
+        return noise_pred
 
     def _reinject_known(self, latents, known_latents, known_cells, timesteps, index, generator):
         """RePaint-style: replace the known cells by the known latent noised to the next timestep (clean at the end)."""

@@ -271,32 +271,6 @@ class TileRefinementPipeline(PanoramaCompletionPipeline):
         self.maybe_free_model_hooks()
         return RefinementResult(image=refined, timings=timings)
 
-    def _predict_noise(self, latents, control, timestep, embeddings, settings: TileRefineSettings) -> torch.Tensor:
-        """ControlNet + UNet noise prediction of one tile; classifier-free guidance when the embeddings are a pair."""
-        guided = embeddings.shape[0] == 2
-        model_input = torch.cat([latents] * 2) if guided else latents
-        model_input = self.scheduler.scale_model_input(model_input, timestep)
-        down_residuals, mid_residual = self.controlnet(
-            model_input.to(self.controlnet.dtype),
-            timestep,
-            encoder_hidden_states=embeddings.to(self.controlnet.dtype),
-            controlnet_cond=torch.cat([control] * 2) if guided else control,
-            conditioning_scale=settings.controlnet_scale,
-            return_dict=False,
-        )
-        noise_pred = self.unet(
-            model_input.to(self.unet.dtype),
-            timestep,
-            encoder_hidden_states=embeddings.to(self.unet.dtype),
-            down_block_additional_residuals=down_residuals,
-            mid_block_additional_residual=mid_residual,
-            return_dict=False,
-        )[0].to(latents.dtype)
-        if guided:
-            uncond, cond = noise_pred.chunk(2)
-            noise_pred = uncond + settings.guidance_scale * (cond - uncond)
-        return noise_pred
-
 
 def load_tile_refiner(
     base: str,

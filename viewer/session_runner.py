@@ -148,9 +148,15 @@ class SessionRunner:
             self.driver.motion_seed, self.engine.participant_code, step.trial_index, step.exposure_s, self.engine.pose_rate_hz
         ))
 
+    def _prepare(self, step) -> None:
+        """Decodes, most urgent first, the stimulus ``step`` shows (if any) and the next ``preload`` ones;
+        a stimulus already shown gives up its texture slot."""
+        current = [step.stimulus_path] if step.kind == "stimulus" else []
+        self.backend.renderer.stimuli.want(current + self.engine.upcoming_stimuli(self.preload))
+
     def _stimulus(self, step):
         stimuli = self.backend.renderer.stimuli
-        stimuli.want([step.stimulus_path, *self.engine.upcoming_stimuli(self.preload)])
+        self._prepare(step)
         # _last_frame carries over: a wait for this stimulus shows up as its first frame time
         self._frame_times = []
         self.backend.timing_stats()   # restarts the display's counts, so they cover this trial's frames only
@@ -184,9 +190,7 @@ class SessionRunner:
         shown_at = self.clock.utc(shown_s)
         following = self.engine.submit(step.key, None, shown_at=shown_at, answered_at=shown_at + timedelta(seconds=ended_s - shown_s))
         self._timing_event(step.trial_index)
-        if self.preload:
-            # the stimulus just shown no longer holds a slot: the panels' frames prepare the next ones
-            stimuli.want(self.engine.upcoming_stimuli(self.preload))
+        self._prepare(following)
         return following
 
     def _scripted_head(self, motion: np.ndarray | None, t_s: float) -> np.ndarray | None:
@@ -231,10 +235,7 @@ class SessionRunner:
     def run(self, on_step=None) -> SessionSummary:
         submitted = 0
         step = self.engine.current()
-        if self.preload:
-            # on resume at a stimulus, that stimulus is decoded first
-            current = [step.stimulus_path] if step.kind == "stimulus" else []
-            self.backend.renderer.stimuli.want(current + list(self.engine.upcoming_stimuli(self.preload)))
+        self._prepare(step)
         try:
             # one grey frame first, so the first panel knows where the head is
             self._frame(Frame(stimulus=None, fade=1.0, head=self.head if self.driver else None))

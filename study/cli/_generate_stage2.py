@@ -14,6 +14,8 @@ import typer
 from study.errors import PanostudyError, StimulusError
 
 # Options shared by `generate panorama` and `generate sets`, defined once.
+SizeOption = Annotated[str, typer.Option(help="Final size, 2:1 (4096x2048 or 8192x4096).")]
+PanoramaSizeOption = Annotated[str, typer.Option(help="Completion canvas size, 2:1.")]
 Fp16Option = Annotated[bool, typer.Option(help="Half precision (GPU).")]
 CpuOffloadOption = Annotated[bool, typer.Option(help="Keep models on the CPU until used (GPU memory).")]
 VaeTilingOption = Annotated[bool, typer.Option(help="Tiled VAE decoding (GPU memory).")]
@@ -62,8 +64,8 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         model: str = typer.Option("tiny", help="Base model folder or hub id ('tiny' = offline random weights)."),
         controlnet: str | None = typer.Option(None, help="ControlNet folder or hub id (sd-i2p or control_v11p_sd15_inpaint)."),
         sr_weights: Path | None = typer.Option(None, help="Real-ESRGAN .pth/.safetensors; without it the panorama is resized."),
-        size: str = typer.Option("4096x2048", help="Final size, 2:1 (4096x2048 or 8192x4096)."),
-        panorama_size: str = typer.Option("1024x512", help="Completion canvas size, 2:1."),
+        size: SizeOption = "4096x2048",
+        panorama_size: PanoramaSizeOption = "1024x512",
         steps: int = typer.Option(20, help="Denoising steps."),
         guidance: float = typer.Option(7.0, help="Classifier-free guidance scale."),
         seed: int = typer.Option(0, help="Seed of the completion."),
@@ -139,8 +141,8 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         controlnet: str | None = typer.Option(None, help="Stage-2 ControlNet folder or hub id."),
         panorama_model: str | None = typer.Option(None, help="Stage-2 base model (default: the stage-1 model)."),
         sr_weights: Path | None = typer.Option(None, help="Real-ESRGAN weights; without them panoramas are resized."),
-        size: str = typer.Option("4096x2048", help="Final size, 2:1 (4096x2048 or 8192x4096)."),
-        panorama_size: str = typer.Option("1024x512", help="Completion canvas size, 2:1."),
+        size: SizeOption = "4096x2048",
+        panorama_size: PanoramaSizeOption = "1024x512",
         steps: int = typer.Option(20, help="Stage-2 denoising steps."),
         guidance: float = typer.Option(7.0, help="Stage-2 classifier-free guidance scale."),
         prompt_prefix: str = typer.Option("", help="Put before stage-2 prompts."),

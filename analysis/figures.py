@@ -146,13 +146,13 @@ def heatmap_figure(poses: pd.DataFrame, thumbnails: Mapping[str, np.ndarray] | N
     Notes
     -----
     A scene with more than :data:`HEATMAP_MAX_SAMPLES` samples is thinned to that many evenly spaced
-    samples before ``viewer.heatmap.viewing_heatmap`` is called at :data:`HEATMAP_SIZE`.
+    samples before ``analysis.heatmap.viewing_heatmap`` is called at :data:`HEATMAP_SIZE`.
     """
     if poses is None or len(poses) == 0:
         fig = _figure(6.0, 1.2)
         fig.text(0.5, 0.5, NO_POSE_NOTE, ha="center", va="center", fontsize="large")
         return fig
-    from viewer.heatmap import viewing_heatmap
+    from analysis.heatmap import viewing_heatmap
 
     scenes = ordered(poses["scene"].astype("string").unique(), PAPER_SCENES)
     columns = 2 if len(scenes) > 1 else 1

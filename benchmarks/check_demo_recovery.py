@@ -2,7 +2,7 @@
 
 Runs ``panostudy demo`` with 32 participants (or reads an existing demo folder with ``--from``) and compares
 its Table 1 with the simulated truth: per scene and scale, the true quality the raters were given (the paper's
-Table 1, ``study.demo.PAPER_TABLE1``) plus the mean of the rater model's fixed item offsets of that scale. Prints, per scale, the true and recovered scene orderings, Kendall's τ, and
+Table 1, ``panostudy.demo.PAPER_TABLE1``) plus the mean of the rater model's fixed item offsets of that scale. Prints, per scale, the true and recovered scene orderings, Kendall's τ, and
 every scene pair with its paired standard error (the SD over participants of their own difference between the
 two scenes, / √N); exits 1 if a pair whose true difference is at least ``--min-se`` standard errors comes out in
 the wrong order. Smaller true differences (the paper's ACR spans 3.82–4.05) are within the rating noise of 32
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
-from study.demo import PAPER_TABLE1, DemoSettings
+from panostudy.demo import PAPER_TABLE1, DemoSettings
 from study.driver import RaterModel
 from study.export import load_answers
 from study.protocol import DEFAULT_PROTOCOL, load_protocol
@@ -55,7 +55,7 @@ def main() -> int:
     folder = args.existing
     if folder is None:
         started = time.perf_counter()
-        command = [sys.executable, "-m", "study.cli", "demo", "--out", str(args.out),
+        command = [sys.executable, "-m", "panostudy", "demo", "--out", str(args.out),
                    "--participants", str(args.participants), "--per-scene", str(args.per_scene), "--seed", str(args.seed)]
         if subprocess.run(command, stdin=subprocess.DEVNULL).returncode != 0:
             return 2

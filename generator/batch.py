@@ -3,7 +3,7 @@
 Every (scene, layout, seed) item gets a global index (scene files in name order, then each spec's job order). A
 process of a sharded run takes the items whose index modulo the world size equals its rank, so the union over
 ranks is exactly the one-process set and every item is made with the same seeds wherever it runs. The rank and
-world size come from Hugging Face accelerate (``accelerate launch -m study.cli generate sets ...``) or are given
+world size come from Hugging Face accelerate (``accelerate launch -m panostudy generate sets ...``) or are given
 explicitly (``--rank``/``--world-size``, e.g. one process per GPU started by hand or by a cluster scheduler).
 """
 

@@ -11,7 +11,7 @@ def test_help_lists_every_job_and_imports_nothing_heavy():
     probe = (
         "import sys, json\n"
         "from typer.testing import CliRunner\n"
-        "from study.cli import app\n"
+        "from panostudy.cli import app\n"
         "result = CliRunner().invoke(app, ['--help'])\n"
         f"print(json.dumps({{'code': result.exit_code, 'out': result.output, "
         f"'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"

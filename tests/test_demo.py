@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study.demo import DemoSettings, check_settings, participant_codes
+from panostudy.demo import DemoSettings, check_settings, participant_codes
 from study.errors import PanostudyError
 
 SCENES = ["vehicle", "street", "indoor", "mountainous"]
@@ -17,7 +17,7 @@ SCALES = ["ACR", "VAR", "SSDS", "PCR"]
 
 def _demo(out, *extra):
     return subprocess.run(
-        [sys.executable, "-m", "study.cli", "demo", "--out", str(out), "--participants", "4", "--per-scene", "1", *extra],
+        [sys.executable, "-m", "panostudy", "demo", "--out", str(out), "--participants", "4", "--per-scene", "1", *extra],
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900,
     )
 

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from analysis import report as report_module
 from analysis.figures import NO_POSE_NOTE, heatmap_figure
 from analysis.report import analyze, write_report
-from study.cli import app
+from panostudy.cli import app
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from generator.batch import GeneratorMemoryError, generate_sets
 from generator.manifest import merge_manifests, read_manifest_lines
 from generator.panorama_pipeline import PanoramaSettings
 from generator.xmp import read_gpano
-from study.cli import app
+from panostudy.cli import app
 from study.errors import PanostudyError
 from tests.generator.panorama_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.generator.test_upscale import _weights
@@ -171,7 +171,7 @@ def test_accelerate_process_group_shards_and_merges_once(tmp_path, scenes, one_p
     from accelerate's PartialState and the main process merges after a barrier."""
     out = tmp_path / "launched"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "study.cli", "generate", "sets", "--scenes", str(scenes), "--out", str(out),
+               "-m", "panostudy", "generate", "sets", "--scenes", str(scenes), "--out", str(out),
                "--sr-weights", str(sr_weights), *TINY_SET]  # fmt: skip
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stdout + finished.stderr

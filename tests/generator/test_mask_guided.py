@@ -260,7 +260,7 @@ def test_generate_image_command_writes_png_and_sidecar(tmp_path, tiny_pipe):
     from PIL import Image
     from typer.testing import CliRunner
 
-    from study.cli import app
+    from panostudy.cli import app
 
     out = tmp_path / "shots" / "vehicle.png"
     result = CliRunner().invoke(
@@ -281,7 +281,7 @@ def test_generate_image_command_writes_png_and_sidecar(tmp_path, tiny_pipe):
 def test_generate_image_command_refuses_bad_input_before_writing(tmp_path):
     from typer.testing import CliRunner
 
-    from study.cli import app
+    from panostudy.cli import app
 
     runner = CliRunner()
     bad_out = runner.invoke(app, ["generate", "image", "--scene", "data/scenes/vehicle.toml", "--out", str(tmp_path / "x.jpg")])

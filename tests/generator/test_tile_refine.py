@@ -10,7 +10,7 @@ from generator.manifest import read_manifest_lines
 from generator.panorama_pipeline import PanoramaSettings
 from generator.seams import discontinuity_score
 from generator.tile_refine import TileRefineSettings, load_tile_refiner, tile_weights, tile_windows
-from study.cli import app
+from panostudy.cli import app
 from study.errors import PanostudyError, StimulusError
 from tests.generator.panorama_fixtures import one_torch_thread, smooth_image  # noqa: F401 (autouse fixture)
 from tests.generator.test_batch import ROOT

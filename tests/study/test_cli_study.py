@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from _studykit import write_panorama, write_protocol, write_stimuli
 from typer.testing import CliRunner
 
-from study.cli import app
+from panostudy.cli import app
 from study.export import read_answers
 from study.models import Participant, SchemaInfo, Stimulus, StudySession
 

@@ -5,7 +5,7 @@ import py360convert
 from PIL import Image
 from typer.testing import CliRunner
 
-from study.cli import app
+from panostudy.cli import app
 
 
 def test_view_writes_the_e2p_view(headless, panorama_file, tmp_path):

@@ -52,7 +52,7 @@ def test_action_manifest_and_vive_bindings_agree():
 
 def test_importing_the_viewer_core_needs_no_gl_glfw_or_openvr():
     probe = (
-        "import sys, viewer.renderer, viewer.panel, viewer.session_runner, viewer.heatmap, viewer.pose, "
+        "import sys, viewer.renderer, viewer.panel, viewer.session_runner, viewer.pose, "
         "viewer.backends.headless, viewer.backends.desktop, viewer.backends.openvr\n"
         "print([m for m in ('moderngl', 'glfw', 'OpenGL', 'openvr') if m in sys.modules])"
     )

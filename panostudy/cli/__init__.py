@@ -19,7 +19,7 @@ class _OneLineErrors(TyperGroup):
         try:
             return super().invoke(ctx)
         except PanostudyError as exc:
-            from study.cli._console import err_console
+            from panostudy.cli._console import err_console
 
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -36,7 +36,7 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from study.cli import analyze, demo, generate, session, study_cmd, view
+    from panostudy.cli import analyze, demo, generate, session, study_cmd, view
 
     for module in (study_cmd, session, generate, view, analyze, demo):
         module.register(app)

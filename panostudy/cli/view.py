@@ -51,7 +51,7 @@ def _check(backend: str, out: Path | None, pitch: float, fov: float, width: int,
 def _render_to_file(image: Path, out: Path, yaw: float, pitch: float, fov: float, width: int, height: int, downscale: bool) -> None:
     from PIL import Image
 
-    from study.cli._console import console
+    from panostudy.cli._console import console
     from viewer.backends.base import Frame
     from viewer.backends.headless import HeadlessBackend
     from viewer.camera import view_rotation

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from study.cli._console import console, err_console
+from panostudy.cli._console import console, err_console
 from study.errors import PanostudyError
 
 #: What a folder written by the demo holds; only such a folder is ever offered for replacement.
@@ -50,8 +50,8 @@ def register(app: typer.Typer) -> None:
         """Generate the four scene sets, run simulated participants in the headless viewer, print Table 1."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from study.cli.analyze import report_study
-        from study.demo import DemoSettings, check_settings, run_demo
+        from panostudy.cli.analyze import report_study
+        from panostudy.demo import DemoSettings, check_settings, run_demo
 
         # 1. Validate everything before writing anything.
         settings = DemoSettings(out=out, participants=participants, per_scene=per_scene, model=model, seed=seed)

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from study.cli._generate_stage2 import add_stage2_commands
+from panostudy.cli._generate_stage2 import add_stage2_commands
 from study.errors import PanostudyError
 
 generate_app = typer.Typer(
@@ -50,7 +50,7 @@ def image(
     attention_slicing: Annotated[bool, typer.Option("--attention-slicing", help="Less GPU memory, a little slower.")] = False,
 ) -> None:
     """Generate one mask-guided image (stage 1) for a scene spec, with its mask-alignment scores."""
-    from study.cli._console import console, err_console
+    from panostudy.cli._console import console, err_console
 
     if out.suffix.lower() != ".png":
         raise PanostudyError(f"--out {out}: write a .png file (the sidecar goes to {out.with_suffix('.json').name})")

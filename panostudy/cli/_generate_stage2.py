@@ -84,7 +84,7 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         import numpy as np
         from PIL import Image
 
-        from study.cli._console import console, err_console
+        from panostudy.cli._console import console, err_console
 
         _check_refine_options(sr_base, sr_control)
         if not image.is_file():
@@ -162,7 +162,7 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         """Stage 1 + stage 2 for every scene spec: resumable, shardable (accelerate launch or --rank/--world-size)."""
         from generator.batch import generate_sets
         from generator.upscale import parse_size
-        from study.cli._console import console, err_console
+        from panostudy.cli._console import console, err_console
 
         _check_refine_options(sr_base, sr_control)
         settings = _panorama_settings(panorama_size, steps, guidance, True, True, prompt_prefix)
@@ -213,7 +213,7 @@ class _progress_bar:
     def __init__(self, label: str):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from study.cli._console import err_console
+        from panostudy.cli._console import err_console
 
         self._progress = Progress(
             TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True

@@ -7,8 +7,8 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from study.cli._console import console
-from study.cli.study_cmd import DbOption
+from panostudy.cli._console import console
+from panostudy.cli.study_cmd import DbOption
 
 ParticipantOption = Annotated[str, typer.Option("--participant", help="The participant's pseudonymous code.")]
 BackendOption = Annotated[

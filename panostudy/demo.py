@@ -113,7 +113,7 @@ def check_output_folder(out: Path) -> None:
 
 def generate_command(settings: DemoSettings) -> list[str]:
     """The ``panostudy generate sets`` command line of step 1."""
-    command = [sys.executable, "-m", "study.cli", "generate", "sets", "--scenes", str(DATA_DIR / "scenes"),
+    command = [sys.executable, "-m", "panostudy", "generate", "sets", "--scenes", str(DATA_DIR / "scenes"),
                "--per-scene", str(settings.per_scene), "--out", str(settings.out / STIMULI_DIR)]
     if settings.placeholder:
         # The tiny model's native scale: larger canvases cost minutes and mean nothing more.

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from study.cli._console import console
+from panostudy.cli._console import console
 
 DbOption = Annotated[
     str, typer.Option("--db", help="Study database: a SQLite file path (created by 'study init') or a SQLAlchemy URL.")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from study.cli._console import console
+from panostudy.cli._console import console
 from study.errors import AnalysisError
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from study.errors import AnalysisError, ProtocolError
 from viewer.camera import view_rotation
-from viewer.heatmap import viewing_heatmap
+from analysis.heatmap import viewing_heatmap
 from viewer.pose import PoseLogger
 
 

@@ -1,5 +1,0 @@
-"""``python -m study.cli`` (and ``accelerate launch -m study.cli ...``) runs the ``panostudy`` command."""
-
-from study.cli import main
-
-main()

@@ -58,10 +58,11 @@ def test_one_fixation_integrates_to_one_and_is_the_spherical_gaussian_everywhere
 def test_the_map_is_continuous_across_the_seam():
     density = saliency_map([180.0], [10.0], height=H, width=W)
     # pixel centres either side of the seam are equally far from the fixation
-    np.testing.assert_allclose(density[:, 0], density[:, -1], rtol=1e-12)
+    np.testing.assert_allclose(density[:, 0], density[:, -1], rtol=1e-5)
     assert density[:, 0].max() > 0.9 * density.max()
     # turned by half a turn it is the map of the same fixation at yaw 0: nothing is lost at the seam
-    np.testing.assert_allclose(np.roll(density, W // 2, axis=1), saliency_map([0.0], [10.0], height=H, width=W), atol=1e-9)
+    turned = saliency_map([0.0], [10.0], height=H, width=W)
+    np.testing.assert_allclose(np.roll(density, W // 2, axis=1), turned, rtol=1e-5, atol=1e-6 * turned.max())
 
 
 def test_near_the_pole_the_kernel_stays_round_and_spans_every_longitude():
@@ -163,9 +164,10 @@ def test_compare_and_its_symmetric_form():
         cc(a, np.ones((32, 64)))
 
 
-def fixation_table(rng, participants: int, stimuli=("s1", "s2"), shared: float = 0.0, per_trial: int = 30) -> pd.DataFrame:
+def fixation_table(rng, participants: int, stimuli=("s1", "s2"), shared: float = 0.0, per_trial: int = 30,
+                   hot: dict | None = None) -> pd.DataFrame:
     """Fixations of each participant per stimulus: a ``shared`` share at common hot spots, the rest anywhere."""
-    hot = {s: rng.uniform([-180, -40], [180, 40], (3, 2)) for s in stimuli}
+    hot = hot or {s: rng.uniform([-180, -40], [180, 40], (3, 2)) for s in stimuli}
     rows = []
     for p in range(participants):
         for s in stimuli:
@@ -180,25 +182,55 @@ def fixation_table(rng, participants: int, stimuli=("s1", "s2"), shared: float =
 
 def test_two_participants_have_one_split_the_cc_of_their_maps():
     fixations = fixation_table(np.random.default_rng(0), 2, stimuli=("s1",), shared=0.5)
-    result = inter_observer_consistency(fixations, height=64, width=128, n_splits=20, n_boot=50)
+    result = inter_observer_consistency(fixations, height=64, width=128, n_splits=20)
     maps = {p: saliency_map(g["yaw_deg"], g["pitch_deg"], height=64, width=128) for p, g in fixations.groupby("participant")}
     assert result.loc[0, "cc"] == pytest.approx(cc(maps["P00"], maps["P01"]), rel=1e-9)
     assert result["stimulus"].tolist() == ["s1", "all"]
+    assert result["ci_low"].isna().all()  # leaving one of two out leaves nobody to compare: no interval
+
+
+def test_split_half_cc_equals_the_cc_of_the_two_halves_maps():
+    fixations = fixation_table(np.random.default_rng(3), 6, stimuli=("s1",), shared=0.5)
+    # with one split only, the estimate is the CC of that split's two maps; which split it was is unknown,
+    # so compare with every split of six participants into three and three
+    result = inter_observer_consistency(fixations, height=64, width=128, n_splits=1, seed=4)
+    codes = sorted(fixations["participant"].unique())
+    from itertools import combinations
+    possible = []
+    for half in combinations(codes, 3):
+        a = fixations[fixations["participant"].isin(half)]
+        b = fixations[~fixations["participant"].isin(half)]
+        possible.append(cc(saliency_map(a["yaw_deg"], a["pitch_deg"], height=64, width=128),
+                           saliency_map(b["yaw_deg"], b["pitch_deg"], height=64, width=128)))
+    assert min(abs(result.loc[0, "cc"] - value) for value in possible) < 1e-9
 
 
 def test_consistency_is_high_when_observers_share_hot_spots_and_low_when_they_do_not():
     rng = np.random.default_rng(1)
-    shared = inter_observer_consistency(fixation_table(rng, 12, shared=0.8), height=64, width=128, n_boot=200)
-    scattered = inter_observer_consistency(fixation_table(rng, 12, shared=0.0), height=64, width=128, n_boot=200)
+    shared = inter_observer_consistency(fixation_table(rng, 12, shared=0.8), height=64, width=128)
+    scattered = inter_observer_consistency(fixation_table(rng, 12, shared=0.0), height=64, width=128)
     assert list(shared.columns) == ["stimulus", "n_participants", "cc", "ci_low", "ci_high"]
     assert (shared["cc"] > 0.7).all() and (scattered["cc"] < 0.35).all()
     for table in (shared, scattered):
-        assert (table["ci_low"] <= table["cc"]).all() and (table["cc"] <= table["ci_high"]).all()
-        assert (table["ci_high"] - table["ci_low"] > 0).all()
+        assert (table["ci_low"] < table["cc"]).all() and (table["cc"] < table["ci_high"]).all()
     assert shared["n_participants"].tolist() == [12, 12, 12]
     identical = fixation_table(np.random.default_rng(2), 1, shared=0.5)
     clones = pd.concat([identical.assign(participant=f"P{k}") for k in range(6)])
-    result = inter_observer_consistency(clones, height=64, width=128, n_boot=100)
+    result = inter_observer_consistency(clones, height=64, width=128)
     np.testing.assert_allclose(result[["cc", "ci_low", "ci_high"]].to_numpy(), 1.0, atol=1e-9)
     with pytest.raises(AnalysisError, match="at least 2 participants"):
         inter_observer_consistency(identical, height=64, width=128)
+
+
+def test_the_interval_is_as_wide_as_the_estimate_varies_between_panels():
+    """The jackknife SE of one panel of 12 observers against the spread of the estimate over 40 panels."""
+    rng = np.random.default_rng(8)
+    hot = {"s1": rng.uniform([-180, -40], [180, 40], (3, 2))}
+    estimates, half_widths = [], []
+    for _ in range(40):
+        table = inter_observer_consistency(fixation_table(rng, 12, stimuli=("s1",), shared=0.4, hot=hot),
+                                           height=32, width=64, n_splits=30, sigma_deg=4.0)
+        estimates.append(table.loc[0, "cc"])
+        half_widths.append((table.loc[0, "ci_high"] - table.loc[0, "ci_low"]) / 2)
+    se = np.median(half_widths) / 2.201  # t(0.975, 11)
+    assert 0.6 < se / np.std(estimates, ddof=1) < 1.6

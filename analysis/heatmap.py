@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from study.errors import AnalysisError
+from study.sphere import pixel_centres, unit_vectors
 
 
 def viewing_heatmap(yaw_deg, pitch_deg, *, width: int = 256, height: int = 128, sigma_deg: float = 10.0) -> np.ndarray:
@@ -50,15 +51,9 @@ def viewing_heatmap(yaw_deg, pitch_deg, *, width: int = 256, height: int = 128, 
     if not sigma_deg > 0:
         raise AnalysisError(f"viewing_heatmap: sigma_deg={sigma_deg!r} must be positive")
     kappa = 1.0 / math.radians(sigma_deg) ** 2
-    lon = np.radians(((np.arange(width) + 0.5) / width - 0.5) * 360.0)
-    lat = np.radians((0.5 - (np.arange(height) + 0.5) / height) * 180.0)
-    # unit vectors with x right, y up, z towards yaw 0 (only dot products matter)
-    pixels = np.stack(
-        [np.outer(np.cos(lat), np.sin(lon)), np.repeat(np.sin(lat)[:, None], width, 1), np.outer(np.cos(lat), np.cos(lon))],
-        axis=-1,
-    ).reshape(-1, 3)
-    y, p = np.radians(yaw), np.radians(pitch)
-    samples = np.stack([np.cos(p) * np.sin(y), np.sin(p), np.cos(p) * np.cos(y)], axis=-1)
+    longitude, latitude = pixel_centres(height, width)
+    pixels = unit_vectors(longitude[None, :], latitude[:, None]).reshape(-1, 3)
+    samples = unit_vectors(yaw, pitch)
     density = np.zeros(pixels.shape[0])
     for start in range(0, samples.shape[0], 256):
         density += np.exp(kappa * (samples[start : start + 256] @ pixels.T - 1.0)).sum(axis=0)

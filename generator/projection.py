@@ -37,20 +37,35 @@ class FrontFaceCanvas:
     face: np.ndarray
 
 
-def square_face(image: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop ``image`` (H, W, 3) uint8 to a square and resize it to ``size`` × ``size`` (Lanczos).
-
-    A cube face spans 90° in both directions, so a non-square input can only keep its centre square.
-    """
-    from PIL import Image
-
+def centre_square(image: np.ndarray) -> np.ndarray:
+    """The centred square of ``image`` (H, W, ...): all a cube face can keep, since it spans 90° both ways."""
     height, width = image.shape[:2]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    crop = image[top : top + side, left : left + side]
-    if side == size:
+    return image[top : top + side, left : left + side]
+
+
+def square_face(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop ``image`` (H, W, 3) uint8 to a square and resize it to ``size`` × ``size`` (Lanczos)."""
+    from PIL import Image
+
+    crop = centre_square(image)
+    if crop.shape[0] == size:
         return np.ascontiguousarray(crop)
     return np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.LANCZOS))
+
+
+def face_to_equirect(face: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Project a square ``face`` (S, S, C) float32 as the front cube face onto an ``height`` × ``width`` equirect.
+
+    ``py360convert.c2e`` with bilinear sampling and empty other faces: zero outside the face's footprint, and
+    a partial value along its edge, where the bilinear footprint straddles the face border.
+    """
+    import py360convert
+
+    empty = np.zeros_like(face, dtype=np.float32)
+    faces = [face.astype(np.float32), *([empty] * 5)]  # py360convert's list order: F, R, B, L, U, D
+    return py360convert.c2e(faces, height, width, mode="bilinear", cube_format="list")
 
 
 def front_face_canvas(image: np.ndarray, height: int = 512, width: int = 1024) -> FrontFaceCanvas:
@@ -72,8 +87,6 @@ def front_face_canvas(image: np.ndarray, height: int = 512, width: int = 1024) -
     StimulusError
         If the image is not (H, W, 3) uint8 or the canvas is not 2:1 with a width divisible by 4.
     """
-    import py360convert
-
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise StimulusError(
             f"input image: expected an (H, W, 3) uint8 RGB array, got shape {image.shape} dtype {image.dtype}; "
@@ -85,11 +98,8 @@ def front_face_canvas(image: np.ndarray, height: int = 512, width: int = 1024) -
         )
     size = width // 4
     face = square_face(image, size)
-    empty = np.zeros_like(face, dtype=np.float32)
-    faces = [face.astype(np.float32), *([empty] * 5)]  # py360convert's list order: F, R, B, L, U, D
-    rgb = py360convert.c2e(faces, height, width, mode="bilinear", cube_format="list")
-    ones = np.ones((size, size, 1), dtype=np.float32)
-    coverage = py360convert.c2e([ones, *([np.zeros_like(ones)] * 5)], height, width, mode="bilinear", cube_format="list")
+    rgb = face_to_equirect(face, height, width)
+    coverage = face_to_equirect(np.ones((size, size, 1), dtype=np.float32), height, width)
     known = coverage[..., 0] >= KNOWN_THRESHOLD
     rgb = np.where(known[..., None], np.clip(np.rint(rgb), 0, 255), 0).astype(np.uint8)
     return FrontFaceCanvas(rgb=rgb, known=known, face=face)

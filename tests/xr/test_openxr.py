@@ -8,6 +8,7 @@ controllers, the VIVE Pro Eye's eyes) is listed in the README.
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import subprocess
@@ -146,7 +147,7 @@ def test_each_submitted_view_is_e2p_of_the_stimulus_for_its_pose_and_fov(monado,
     pixels = smooth_panorama(256)
     path = tmp_path / "smooth.png"
     Image.fromarray(pixels).save(path)
-    backend = OpenXRBackend(read_pixels=True)
+    backend = OpenXRBackend(read_pixels=True, mirror=True)
     backend.open()
     try:
         if turn is not None:
@@ -176,6 +177,8 @@ def test_each_submitted_view_is_e2p_of_the_stimulus_for_its_pose_and_fov(monado,
             )
             error = np.abs(image.astype(np.float64) - reference.astype(np.float64)).mean()
             assert error <= 2.0, f"view at yaw {yaw:.1f}, pitch {pitch:.1f}, roll {roll:.1f}: mean absolute error {error:.2f}/255"
+        # the experimenter's mirror holds the left eye's image as submitted
+        np.testing.assert_array_equal(backend.left_eye_image(), images[0])
     finally:
         backend.close()
 
@@ -207,6 +210,11 @@ def test_a_scripted_session_through_the_cli_stores_every_answer_once_and_poses_w
         assert np.abs(drift).max() < 0.1
     (described,) = _events(study, "backend")
     assert '"runtime": "Monado' in described and '"eye_gaze_supported": false' in described
+    timing = [json.loads(detail) for detail in _events(study, "frame_timing")]
+    assert len(timing) == 5
+    for trial in timing:
+        # the runtime's counts cover the same frames as the session's own frame times
+        assert trial["runtime_frames"] == trial["frames"] and trial["runtime_missed"] >= 0
 
 
 @xr_runtime

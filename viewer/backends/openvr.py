@@ -130,7 +130,7 @@ class OpenVRBackend(HeadsetBackend):
         event = openvr.VREvent_t()
         while self.vr.pollNextEvent(event):
             if event.eventType == openvr.VREvent_Quit:
-                events.append(InputEvent("quit"))
+                events.append(InputEvent("quit", key="SteamVR is quitting (VREvent_Quit)"))
         self.compositor.waitGetPoses(self._poses, None)
         hmd = self._poses[openvr.k_unTrackedDeviceIndex_Hmd]
         if hmd.bPoseIsValid:

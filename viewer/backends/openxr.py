@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import sys
 import tempfile
@@ -152,6 +153,8 @@ class OpenXRBackend(HeadsetBackend):
             raise ValueError(f"render_scale={render_scale!r}: must be > 0")
         self.render_scale = render_scale
         self.read_pixels = read_pixels
+        if read_pixels:
+            self.capabilities = dataclasses.replace(self.capabilities, returns_pixels=True)
         self.instance = self.session = None
         self._xr = None
         self._lock = threading.Lock()
@@ -171,7 +174,7 @@ class OpenXRBackend(HeadsetBackend):
         self._pointer_hand = "right"
         self._stats = dict.fromkeys(("runtime_frames", "runtime_missed", "runtime_not_rendered"), 0)
         self._last_display_ns: int | None = None
-        #: For tests and the mirror: the views of the last frame as (pose, fov) pairs.
+        #: The views of the last drawn frame: world-from-eye rotation, position (m) and the XrFovf angles.
         self.last_views: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]] = []
 
     # -- probing -------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ after a crash — even a ``kill -9`` between two answers — continues at its fi
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -419,23 +420,29 @@ class SessionEngine:
             )
         return StepDone, dict(times, key=step.key, done_at=answered_at)
 
-    def record_poses(self, trial_index: int, samples: Sequence[tuple[float, float, float, float]]) -> None:
-        """Stores head orientation samples ``(t_s since shown, yaw_deg, pitch_deg, roll_deg)`` in one batch.
+    def record_poses(self, trial_index: int, samples: Sequence[tuple[float, ...]]) -> None:
+        """Stores head orientation samples ``(t_s since shown, yaw_deg, pitch_deg, roll_deg)`` in one batch;
+        a fifth element, where given, is the tracker's own time stamp (integer ns, or None).
 
         Raises
         ------
         SessionError
-            If the trial does not exist or a sample is not four finite numbers.
+            If the trial does not exist, a sample is not four finite numbers, or its time stamp is not an
+            integer.
         """
         trial = self._trial_by_index.get(trial_index)
         if trial is None:
             raise SessionError(f"trial_index {trial_index} is not a trial of this session (0..{len(self.trials) - 1})")
         rows = []
         for sample in samples:
-            if len(sample) != 4 or not all(math.isfinite(v) for v in sample):
+            if len(sample) not in (4, 5) or not all(math.isfinite(v) for v in sample[:4]):
                 raise SessionError(f"pose sample {sample!r}: expected four finite numbers (t_s, yaw_deg, pitch_deg, roll_deg)")
-            t, yaw, pitch, roll = sample
-            rows.append(dict(session_id=self.session_id, trial_id=trial.id, t=t, yaw_deg=yaw, pitch_deg=pitch, roll_deg=roll))
+            stamp = sample[4] if len(sample) == 5 else None
+            if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, numbers.Integral)):
+                raise SessionError(f"pose sample {sample!r}: the runtime time stamp must be an integer (ns) or None")
+            t, yaw, pitch, roll = sample[:4]
+            rows.append(dict(session_id=self.session_id, trial_id=trial.id, t=t, yaw_deg=yaw, pitch_deg=pitch, roll_deg=roll,
+                             runtime_time_ns=None if stamp is None else int(stamp)))
         if rows:
             with self.db.Session.begin() as session:
                 session.execute(sa.insert(PoseSample), rows)

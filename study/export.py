@@ -48,13 +48,17 @@ POSE_COLUMNS = {
     "yaw_deg": "float64",
     "pitch_deg": "float64",
     "roll_deg": "float64",
+    "runtime_time_ns": "Int64",   # the tracker's own time stamp (OpenXR XrTime), empty where there is none
 }
 
 
 def _typed(rows: list, columns: dict[str, str]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(rows, columns=list(columns))
-    for name, dtype in columns.items():
-        if dtype.startswith("datetime64"):
+    for position, (name, dtype) in enumerate(columns.items()):
+        if dtype == "Int64":
+            # straight from the rows: through float64 (pandas' way with gaps) ns time stamps would lose digits
+            frame[name] = pd.array([row[position] for row in rows], dtype="Int64")
+        elif dtype.startswith("datetime64"):
             frame[name] = pd.to_datetime(frame[name], utc=True).astype(dtype)
         else:
             frame[name] = frame[name].astype(dtype)
@@ -120,7 +124,7 @@ def load_poses(db_url: str | Path | StudyDB) -> pd.DataFrame:
         query = (
             sa.select(
                 Participant.code, StudySession.id, Trial.index, Stimulus.path, Stimulus.scene,
-                PoseSample.t, PoseSample.yaw_deg, PoseSample.pitch_deg, PoseSample.roll_deg,
+                PoseSample.t, PoseSample.yaw_deg, PoseSample.pitch_deg, PoseSample.roll_deg, PoseSample.runtime_time_ns,
             )
             .select_from(PoseSample)
             .join(Trial, PoseSample.trial_id == Trial.id)
@@ -171,4 +175,4 @@ def _typed_frame(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise PanostudyError(f"answers file lacks columns {missing}; export it again with 'panostudy study export'")
-    return _typed(frame[list(columns)].to_dict("records"), columns)
+    return _typed(list(frame[list(columns)].itertuples(index=False, name=None)), columns)

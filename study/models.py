@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 #: Version of this schema; :func:`study.store.open_study` refuses a database of a newer one.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class UTCDateTime(sa.types.TypeDecorator):
@@ -263,6 +263,8 @@ class PoseSample(Base):
     yaw_deg: so.Mapped[float]
     pitch_deg: so.Mapped[float]
     roll_deg: so.Mapped[float]
+    # the tracker's own time stamp of the pose (an OpenXR XrTime, ns) where the runtime gives one
+    runtime_time_ns: so.Mapped[Optional[int]] = so.mapped_column(sa.BigInteger)
 
     def __repr__(self) -> str:
         return f"PoseSample(trial_id={self.trial_id}, t={self.t:.3f}, yaw={self.yaw_deg:.1f}, pitch={self.pitch_deg:.1f})"

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("torch", "diffusers", "transformers", "moderngl", "glfw", "OpenGL", "openvr")
+HEAVY = ("torch", "diffusers", "transformers", "moderngl", "glfw", "OpenGL", "openvr", "xr")
 
 
 def test_help_lists_every_job_and_imports_nothing_heavy():

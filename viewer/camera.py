@@ -1,11 +1,11 @@
-"""View geometry: head orientation, per-eye frusta and OpenVR's pose and projection conventions.
+"""View geometry: head orientation, per-eye frusta and the pose and projection conventions of OpenVR and OpenXR.
 
-World frame: right-handed, x right, y up, -z straight ahead (OpenGL and OpenVR tracking space). A
+World frame: right-handed, x right, y up, -z straight ahead (OpenGL, OpenVR and OpenXR tracking space). A
 rotation ``R`` maps eye (or head) coordinates to world coordinates; an eye looks down its own -z axis.
 Yaw 0 looks at the centre column of the equirect image, positive yaw looks right, positive pitch looks
 up — the conventions of ``py360convert.e2p(u_deg=yaw, v_deg=pitch, in_rot_deg=roll)``.
 
-Everything here is plain numpy so that it can be tested without a GL context or SteamVR.
+Everything here is plain numpy so that it can be tested without a GL context, SteamVR or an OpenXR runtime.
 """
 
 from __future__ import annotations
@@ -96,6 +96,15 @@ def tangents_from_projection_raw(left: float, right: float, top: float, bottom: 
     with them unswapped shows the world upside-down in the vertical offset, which makes people sick.
     """
     return Tangents(left=left, right=right, bottom=top, top=bottom)
+
+
+def tangents_from_fov(angle_left: float, angle_right: float, angle_up: float, angle_down: float) -> Tangents:
+    """Eye frustum from an OpenXR ``XrFovf`` (radians; left and down are negative for a centred view).
+
+    Unlike OpenVR's raw projection, OpenXR's angles are y up, so no edge is swapped; the four angles
+    are independent, which keeps the asymmetric frusta of real headsets.
+    """
+    return Tangents(math.tan(angle_left), math.tan(angle_right), math.tan(angle_down), math.tan(angle_up))
 
 
 def projection_matrix(tangents: Tangents, near: float, far: float) -> np.ndarray:

@@ -29,7 +29,7 @@ class PoseLogger:
         if not (isinstance(rate_hz, (int, float)) and 0 < rate_hz <= MAX_POSE_RATE_HZ):
             raise ProtocolError(f"pose_rate_hz={rate_hz!r}: must be a number in (0, {MAX_POSE_RATE_HZ:g}] Hz; 30 is usual")
         self.period_s = 1.0 / rate_hz
-        self.samples: list[tuple[float, float, float, float]] = []
+        self.samples: list[tuple[float, float, float, float, int | None]] = []
         self._next = 0.0
 
     def reset(self) -> None:
@@ -37,8 +37,9 @@ class PoseLogger:
         self.samples = []
         self._next = 0.0
 
-    def offer(self, t_s: float, head: np.ndarray) -> None:
-        """Records ``head`` (world-from-head rotation) if a sample is due at ``t_s`` seconds since onset.
+    def offer(self, t_s: float, head: np.ndarray, *, runtime_time_ns: int | None = None) -> None:
+        """Records ``head`` (world-from-head rotation) if a sample is due at ``t_s`` seconds since onset,
+        with the tracker's own time stamp of that pose where there is one.
 
         Frames rarely land exactly on the sampling grid; a frame takes the sample of every grid point
         it passed, once, so a slow frame does not shift later samples.
@@ -46,7 +47,7 @@ class PoseLogger:
         if t_s + 1e-9 < self._next:
             return
         yaw, pitch, roll = yaw_pitch_roll(head)
-        self.samples.append((float(t_s), yaw, pitch, roll))
+        self.samples.append((float(t_s), yaw, pitch, roll, runtime_time_ns))
         self._next = (math.floor(t_s / self.period_s + 1e-9) + 1) * self.period_s
 
     def flush(self, engine, trial_index: int) -> int:

@@ -77,10 +77,12 @@ class SessionSummary:
     submitted: int          # steps answered in this run
     completed: bool         # the session reached its "done" step
     frames: int
+    interrupted: str | None = None   # why the run stopped early (the operator, the runtime), if it did
 
 
 class _Interrupted(Exception):
-    """The person at the keyboard quit (Escape / window closed); the session can be resumed."""
+    """The person at the keyboard quit (Escape / window closed) or the VR runtime went away; the session
+    can be resumed. The message says which."""
 
 
 class SessionRunner:
@@ -97,7 +99,10 @@ class SessionRunner:
         else:
             start = max(datetime.now(timezone.utc), engine.last_activity() or datetime.min.replace(tzinfo=timezone.utc))
             self.clock = _SimulatedClock(1.0 / frame_hz, start)
+        # A tracked headset's pose is the truth, also when a script answers for the participant.
+        self.scripted_head = driver is not None and not backend.capabilities.head_tracking
         self.head = np.eye(3)
+        self.head_time_ns: int | None = None
         # In a tracked headset the eyes are ~1.7 m above the tracking origin: the panel hangs ahead of them.
         self.head_position = np.zeros(3)
         self.frames = 0
@@ -109,10 +114,12 @@ class SessionRunner:
     def _frame(self, frame: Frame) -> FrameInput:
         """Polls input, advances uploads, draws; the head used is the scripted one if any."""
         user = self.backend.poll_input()
-        if any(e.kind == "quit" for e in user.events):
-            raise _Interrupted
+        for event in user.events:
+            if event.kind == "quit":
+                raise _Interrupted(event.key or "the operator quit (Escape or window closed)")
         if frame.head is None:
             self.head = user.head
+            self.head_time_ns = user.runtime_time_ns
         if user.head_position is not None:
             self.head_position = user.head_position
         self.backend.renderer.stimuli.update()
@@ -140,7 +147,7 @@ class SessionRunner:
     # -- steps -------------------------------------------------------------------------------------------
 
     def _scripted_motion(self, step) -> np.ndarray | None:
-        if self.driver is None:
+        if not self.scripted_head:
             return None
         from study.driver import scripted_head_motion
 
@@ -176,7 +183,10 @@ class SessionRunner:
         while (t := self.clock.now() - shown_s) < step.exposure_s:
             head = self._scripted_head(motion, t)
             self._frame(Frame(stimulus=texture, head=head))
-            self.poses.offer(t, self.head if head is None else head)
+            if head is None:
+                self.poses.offer(t, self.head, runtime_time_ns=self.head_time_ns)
+            else:
+                self.poses.offer(t, head)
         ended_s = self.clock.now()
         self.backend.fade_to_grey(FADE_S, grey=True)
         while (t := self.clock.now() - ended_s) < FADE_S:
@@ -194,7 +204,7 @@ class SessionRunner:
         return following
 
     def _scripted_head(self, motion: np.ndarray | None, t_s: float) -> np.ndarray | None:
-        if self.driver is None:
+        if not self.scripted_head:
             return None
         if motion is None or not len(motion):
             return self.head
@@ -220,7 +230,7 @@ class SessionRunner:
             if answer_at is not None and now >= answer_at:
                 # sent again every frame until the panel takes them (a break may need one more frame)
                 events = tuple(scripted)
-            user = self._frame(Frame(stimulus=None, fade=1.0, panel=panel.quad(now), head=self.head if self.driver else None))
+            user = self._frame(Frame(stimulus=None, fade=1.0, panel=panel.quad(now), head=self._scripted_head(None, 0.0)))
             panel.hover(user.pointer)
             for event in user.events + events:
                 result, changed = panel.handle(event, now)
@@ -235,17 +245,22 @@ class SessionRunner:
     def run(self, on_step=None) -> SessionSummary:
         submitted = 0
         step = self.engine.current()
+        described = self.backend.describe()
+        if described:
+            self.engine.record_event("backend", {"backend": self.backend.name, **described})
         self._prepare(step)
         try:
             # one grey frame first, so the first panel knows where the head is
-            self._frame(Frame(stimulus=None, fade=1.0, head=self.head if self.driver else None))
+            self._frame(Frame(stimulus=None, fade=1.0, head=self._scripted_head(None, 0.0)))
             while step.kind != "done":
                 step = self._stimulus(step) if step.kind == "stimulus" else self._panel(step)
                 submitted += 1
                 if on_step is not None:
                     on_step(step)
-        except _Interrupted:
-            self.engine.record_event("interrupted", {"at_step": step.key, "backend": self.backend.name})
+        except _Interrupted as stop:
+            reason = str(stop)
+            self.engine.record_event("interrupted", {"at_step": step.key, "backend": self.backend.name, "reason": reason})
+            return SessionSummary(submitted, False, self.frames, interrupted=reason)
         return SessionSummary(submitted, step.kind == "done", self.frames)
 
 
@@ -259,7 +274,7 @@ def run_session(engine, backend: str | Backend, *, driver: SessionDriver | None 
         Driven only through ``current``, ``submit``, ``upcoming_stimuli``, ``record_poses`` and
         ``record_event``.
     backend : str or Backend
-        A registered name ("headless", "desktop", "openvr") or a backend instance (not yet opened).
+        A registered name ("headless", "desktop", "openvr", "openxr") or a backend instance (not yet opened).
     driver : SessionDriver, optional
         Answers and head motion of a scripted participant; required by the headless backend, which
         then runs on a simulated clock of ``frame_hz`` frames per second.

@@ -15,7 +15,7 @@ BackendOption = Annotated[
     str,
     typer.Option(
         "--backend",
-        help="openvr (headset), desktop (window), headless (offscreen rendering) or none (scripted driver only, no rendering).",
+        help="openxr or openvr (headset), desktop (window), headless (offscreen rendering) or none (scripted driver only, no rendering).",
     ),
 ]
 DriverOption = Annotated[
@@ -24,7 +24,7 @@ DriverOption = Annotated[
 SimulateOption = Annotated[Optional[int], typer.Option("--simulate", help="Answer with the seeded rater model of this seed.")]
 PaceOption = Annotated[float, typer.Option("--pace", help="Real seconds to wait before each scripted step.")]
 
-BACKENDS = ("openvr", "desktop", "headless", "none")
+BACKENDS = ("openxr", "openvr", "desktop", "headless", "none")
 
 session_app = typer.Typer(name="session", help="Run, resume or withdraw a participant's session.", no_args_is_help=True)
 
@@ -71,7 +71,12 @@ def _drive(engine, backend: str, scripted) -> None:
     else:
         from viewer.session_runner import run_session
 
-        run_session(engine, backend, driver=scripted)
+        summary = run_session(engine, backend, driver=scripted)
+        if summary.interrupted:
+            done, total = engine.progress()
+            console.print(f"session of {engine.participant_code} interrupted after {done} of {total} steps: "
+                          f"{summary.interrupted}; nothing is lost, continue with 'panostudy session resume'", soft_wrap=True)
+            return
     done, total = engine.progress()
     console.print(f"session of {engine.participant_code}: {engine.status}, {done} of {total} steps done")
 

@@ -32,7 +32,7 @@ def test_samples_follow_the_protocol_rate_whatever_the_frame_rate(frame_hz, rate
     times = np.array([s[0] for s in logger.samples])
     assert (np.diff(times) > 0).all()
     # each sample's angles are the head's at that time
-    yaw, pitch, roll = np.array([s[1:] for s in logger.samples]).T
+    yaw, pitch, roll = np.array([s[1:4] for s in logger.samples]).T
     np.testing.assert_allclose(yaw, 40.0 * times, atol=1e-9)
     np.testing.assert_allclose(pitch, 10.0, atol=1e-9)
     np.testing.assert_allclose(roll, 0.0, atol=1e-9)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from panostudy.cli import app
 from study.export import read_answers
-from study.models import Participant, SchemaInfo, Stimulus, StudySession
+from study.models import SCHEMA_VERSION, Participant, SchemaInfo, Stimulus, StudySession
 
 
 def invoke(*args: str):
@@ -118,9 +118,9 @@ def test_bad_participants_and_answers_exit_2(study, tmp_path):
 def test_bad_databases_exit_2(study, tmp_path):
     engine = sa.create_engine(f"sqlite:///{study}")
     with engine.begin() as connection:
-        connection.execute(sa.update(SchemaInfo.__table__).values(version=2))
+        connection.execute(sa.update(SchemaInfo.__table__).values(version=SCHEMA_VERSION + 1))
     engine.dispose()
-    one_line_error(invoke("study", "info", "--db", study), "schema_info.version is 2", "upgrade panostudy")
+    one_line_error(invoke("study", "info", "--db", study), f"schema_info.version is {SCHEMA_VERSION + 1}", "upgrade panostudy")
     (tmp_path / "plain").write_text("a file, not a folder")
     target = tmp_path / "plain" / "study.sqlite"
     one_line_error(invoke("study", "init", "--db", target, "--protocol", tmp_path / "tiny.toml"), str(target))

@@ -188,6 +188,21 @@ def test_poses_are_stored_and_an_interrupted_exposure_is_discarded(study_db):
         resumed.record_poses(step.trial_index, [(0.0, float("nan"), 0.0, 0.0)])
 
 
+def test_poses_keep_the_runtime_time_stamp_where_the_tracker_gives_one(study_db):
+    from study.export import load_poses
+
+    engine = SessionEngine.start(study_db, "P01")
+    answer(engine, 18)
+    step = engine.current()
+    stamp = 2**62 + 12345   # XrTime values are nanoseconds of a runtime's own epoch: wider than 32 bits
+    engine.record_poses(step.trial_index, [(0.0, 1.0, 2.0, 3.0, stamp), (0.1, 1.0, 2.0, 3.0, None), (0.2, 1.0, 2.0, 3.0)])
+    poses = load_poses(study_db)
+    assert poses.runtime_time_ns.tolist()[0] == stamp
+    assert poses.runtime_time_ns.isna().tolist() == [False, True, True]
+    with pytest.raises(SessionError, match="time stamp must be an integer"):
+        engine.record_poses(step.trial_index, [(0.3, 1.0, 2.0, 3.0, 1.5)])
+
+
 def test_upcoming_stimuli_lists_unshown_stimuli_after_the_current_step(study_db):
     engine = SessionEngine.start(study_db, "P01")
     paths = [t.stimulus_path for t in engine.trials]

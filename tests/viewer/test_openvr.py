@@ -1,4 +1,4 @@
-"""The OpenVR backend without SteamVR, the shipped SteamVR Input files, and lazy imports."""
+"""The OpenVR backend without SteamVR, the shipped SteamVR Input files, the backend registry and lazy imports."""
 
 import json
 import subprocess
@@ -24,9 +24,9 @@ def test_without_steamvr_open_names_the_init_error():
 
 
 def test_unknown_backend_lists_the_known_ones():
-    with pytest.raises(BackendUnavailable, match="choose one of headless, desktop, openvr"):
+    with pytest.raises(BackendUnavailable, match="choose one of headless, desktop, openvr, openxr"):
         backend_class("oculus")
-    assert set(BACKENDS) == {"headless", "desktop", "openvr"}
+    assert set(BACKENDS) == {"headless", "desktop", "openvr", "openxr"}
 
 
 def test_action_manifest_and_vive_bindings_agree():
@@ -53,8 +53,8 @@ def test_action_manifest_and_vive_bindings_agree():
 def test_importing_the_viewer_core_needs_no_gl_glfw_or_openvr():
     probe = (
         "import sys, viewer.renderer, viewer.panel, viewer.session_runner, viewer.pose, "
-        "viewer.backends.headless, viewer.backends.desktop, viewer.backends.openvr\n"
-        "print([m for m in ('moderngl', 'glfw', 'OpenGL', 'openvr') if m in sys.modules])"
+        "viewer.backends.headless, viewer.backends.desktop, viewer.backends.openvr, viewer.backends.openxr\n"
+        "print([m for m in ('moderngl', 'glfw', 'OpenGL', 'openvr', 'xr') if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

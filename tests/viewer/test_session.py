@@ -12,7 +12,7 @@ from study.driver import RaterModel, ScriptedDriver, scripted_head_motion
 from study.engine import SessionEngine
 from study.errors import SessionError
 from study.export import load_answers, load_poses, load_ssq
-from viewer.backends.base import FrameInput
+from viewer.backends.base import FrameInput, InputEvent
 from viewer.backends.headless import HeadlessBackend
 from viewer.renderer import StimulusTextures
 from viewer.session_runner import SessionRunner, run_session
@@ -219,3 +219,59 @@ def test_during_the_panels_every_preloaded_stimulus_gets_a_texture(tiny_study):
     run_session(engine, backend, driver=ScriptedDriver(RaterModel(seed=1), motion_seed=1), frame_hz=FRAME_HZ,
                 preload=2, on_step=check)
     assert len(prepared) == len(engine.trials) - 1 and all(prepared)
+
+
+class _TrackedHeadset(HeadlessBackend):
+    """Headless with a tracker: the head turns by itself, each pose stamped with a runtime time; after
+    ``lose_after`` frames the runtime goes away, as an OpenXR runtime reports it."""
+
+    capabilities = HeadlessBackend.capabilities.__class__(
+        stereo=False, head_tracking=True, pointer=False, returns_pixels=True, paced=False)
+
+    def __init__(self, *args, lose_after=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.polls = 0
+        self.lose_after = lose_after
+
+    def poll_input(self):
+        polled = super().poll_input()
+        self.polls += 1
+        from viewer.camera import view_rotation
+
+        events = polled.events
+        if self.lose_after is not None and self.polls > self.lose_after:
+            events += (InputEvent("quit", key="the OpenXR runtime went away (XR_ERROR_INSTANCE_LOST in xrWaitFrame)"),)
+        return FrameInput(head=view_rotation(2.0 * self.polls, 0.0), events=events,
+                          runtime_time_ns=1_000_000_000 + 11_111_111 * self.polls)
+
+    def describe(self):
+        return {"runtime": "a tracked test double"}
+
+
+def test_with_a_tracker_the_stored_poses_are_the_trackers_with_its_time_stamps(tiny_study):
+    engine = SessionEngine.start(tiny_study, "P01")
+    summary = run_session(engine, _TrackedHeadset(16, 16), driver=ScriptedDriver(RaterModel(seed=1), motion_seed=1),
+                          frame_hz=FRAME_HZ)
+    assert summary.completed and summary.interrupted is None
+    poses = load_poses(tiny_study.url)
+    assert poses.runtime_time_ns.notna().all()
+    # the tracker turns 2° per frame: the scripted head motion is not what was stored
+    stamps = poses.runtime_time_ns.to_numpy(dtype=np.int64)
+    frame = (stamps - 1_000_000_000) // 11_111_111
+    np.testing.assert_allclose(poses.yaw_deg, ((2.0 * frame + 180.0) % 360.0) - 180.0, atol=1e-6)
+    with tiny_study.engine.connect() as connection:
+        (described,) = connection.execute(sa.text("select detail from event where kind = 'backend'")).scalars().all()
+    assert json.loads(described) == {"backend": "headless", "runtime": "a tracked test double"}
+
+
+def test_a_runtime_that_goes_away_interrupts_the_run_with_its_reason(tiny_study):
+    engine = SessionEngine.start(tiny_study, "P01")
+    backend = _TrackedHeadset(16, 16, lose_after=100)   # 10 s in: past the instructions, into the SSQ
+    summary = run_session(engine, backend, driver=ScriptedDriver(RaterModel(seed=1), motion_seed=1), frame_hz=FRAME_HZ)
+    assert not summary.completed and summary.interrupted.endswith("(XR_ERROR_INSTANCE_LOST in xrWaitFrame)")
+    with tiny_study.engine.connect() as connection:
+        (detail,) = connection.execute(sa.text("select detail from event where kind = 'interrupted'")).scalars().all()
+    assert json.loads(detail)["reason"] == summary.interrupted
+    done, total = engine.progress()
+    assert 0 < done < total and len(load_ssq(tiny_study.url)) == done - 1   # the instructions, then SSQ items
+    assert SessionEngine.resume(tiny_study, "P01").current().kind == "ssq"

@@ -2,8 +2,8 @@
 
 A backend owns a GL context, the eye framebuffers and the input devices; it draws a :class:`Frame`
 with the shared :class:`viewer.renderer.Renderer`. Each backend is one module that imports its
-third-party library (moderngl, glfw, openvr) inside its methods, so importing :mod:`viewer` never needs
-a display or SteamVR.
+third-party library (moderngl, glfw, openvr, pyopenxr) inside its methods, so importing :mod:`viewer`
+never needs a display, SteamVR or an OpenXR runtime.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ BACKENDS: dict[str, str] = {
     "headless": "viewer.backends.headless:HeadlessBackend",
     "desktop": "viewer.backends.desktop:DesktopBackend",
     "openvr": "viewer.backends.openvr:OpenVRBackend",
+    "openxr": "viewer.backends.openxr:OpenXRBackend",
 }
 
 
@@ -57,13 +58,25 @@ class InputEvent:
 @dataclass(frozen=True)
 class FrameInput:
     """What :meth:`Backend.poll_input` returns: the head orientation (world-from-head), the pointer ray
-    if there is one, the events since the last poll, and the head position (metres, in the tracking
-    space the pointer uses) where a tracker reports one."""
+    if there is one, the events since the last poll, the head position (metres, in the tracking
+    space the pointer uses) where a tracker reports one, and the tracker's own time stamp of that pose
+    (an OpenXR ``XrTime``, nanoseconds) where the runtime has one."""
 
     head: np.ndarray
     pointer: Ray | None = None
     events: tuple[InputEvent, ...] = ()
     head_position: np.ndarray | None = None
+    runtime_time_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class HeadSample:
+    """The head at one instant, as :meth:`Backend.head_at` reports it."""
+
+    head: np.ndarray                      # 3x3 world-from-head rotation
+    position: np.ndarray | None = None    # metres, tracking space
+    fov_deg: tuple[float, float] | None = None   # None for a headset
+    runtime_time_ns: int | None = None    # the runtime's own time stamp (XrTime)
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,17 @@ class Backend(ABC):
 
     def timing_stats(self) -> dict[str, float]:
         """Display-side frame statistics since the last call (dropped frames, ...); empty by default."""
+        return {}
+
+    def head_at(self, monotonic_ns: int) -> HeadSample | None:
+        """The head at that ``time.monotonic_ns()`` instant, or None where the backend cannot tell.
+
+        Callable from a pose-sampling thread while the render thread draws.
+        """
+        return None
+
+    def describe(self) -> dict[str, object]:
+        """What the session should record about this backend once open (runtime, extensions, ...)."""
         return {}
 
     @abstractmethod

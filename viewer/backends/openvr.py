@@ -8,7 +8,8 @@ controller's laser points at on the panel, with a haptic tick. Between stimuli t
 the same neutral grey the renderer fades to.
 
 ``openvr`` is imported only in :meth:`OpenVRBackend.open`; everything geometric lives in
-:mod:`viewer.camera` and is tested without SteamVR.
+:mod:`viewer.camera` and is tested without SteamVR; what it shares with the OpenXR backend (GL window,
+eye drawing, laser, mirror) lives in :mod:`viewer.backends.headset`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from importlib import resources
 import numpy as np
 
 from study.errors import BackendUnavailable
-from viewer.backends.base import Backend, Capabilities, Frame, FrameInput, InputEvent, Ray
+from viewer.backends.base import Frame, FrameInput, InputEvent
+from viewer.backends.headset import HeadsetBackend, PressEdge, laser_ray
 from viewer.camera import eye_pose, pose_matrix, tangents_from_projection_raw
-from viewer.renderer import GREY_SRGB, EyeView, Renderer
+from viewer.renderer import GREY_SRGB, EyeView
 
 ACTION_SET = "/actions/panostudy"
 
@@ -37,23 +39,24 @@ def _init_error_reason(exc: Exception, openvr) -> str:
     return f"openvr.init failed with {type(exc).__name__}: {cause}; use --backend desktop without a headset"
 
 
-class OpenVRBackend(Backend):
+class OpenVRBackend(HeadsetBackend):
     """Both eyes of a SteamVR headset.
 
     Parameters
     ----------
     downscale : bool
         See :class:`viewer.renderer.Renderer`.
+    mirror : bool
+        Keep each frame's left-eye image for the experimenter's mirror.
     """
 
     name = "openvr"
-    capabilities = Capabilities(stereo=True, head_tracking=True, pointer=True, returns_pixels=False, paced=True)
 
-    def __init__(self, *, downscale: bool = False):
-        self.downscale = downscale
+    def __init__(self, *, downscale: bool = False, mirror: bool = False):
+        super().__init__(downscale=downscale, mirror=mirror)
         self.vr = None
         self._openvr = None
-        self._window = None
+        self._presses = PressEdge()
 
     @classmethod
     def why_not(cls) -> str | None:
@@ -85,24 +88,8 @@ class OpenVRBackend(Backend):
             raise
 
     def _open_gl(self) -> None:
-        import glfw
-        import moderngl
-
         openvr = self._openvr
-        if not glfw.init():
-            raise BackendUnavailable(self.name, "GLFW could not initialise; the headset needs a desktop session with a GPU")
-        glfw.window_hint(glfw.CONTEXT_VERSION_MAJOR, 4)
-        glfw.window_hint(glfw.CONTEXT_VERSION_MINOR, 1)
-        glfw.window_hint(glfw.OPENGL_PROFILE, glfw.OPENGL_CORE_PROFILE)
-        glfw.window_hint(glfw.VISIBLE, False)
-        self._window = glfw.create_window(320, 180, "panostudy (SteamVR)", None, None)
-        if not self._window:
-            raise BackendUnavailable(self.name, "GLFW could not create an OpenGL 4.1 context for the compositor")
-        glfw.make_context_current(self._window)
-        # the compositor paces frames; vsync on the hidden window would only add latency
-        glfw.swap_interval(0)
-        self.ctx = moderngl.create_context(require=410)
-        self.renderer = Renderer(self.ctx, downscale=self.downscale)
+        super()._open_gl("panostudy (SteamVR)", (4, 1))
         width, height = self.vr.getRecommendedRenderTargetSize()
         self.size = (width, height)
         self._eyes = (openvr.Eye_Left, openvr.Eye_Right)
@@ -143,7 +130,7 @@ class OpenVRBackend(Backend):
         event = openvr.VREvent_t()
         while self.vr.pollNextEvent(event):
             if event.eventType == openvr.VREvent_Quit:
-                events.append(InputEvent("quit"))
+                events.append(InputEvent("quit", key="SteamVR is quitting (VREvent_Quit)"))
         self.compositor.waitGetPoses(self._poses, None)
         hmd = self._poses[openvr.k_unTrackedDeviceIndex_Hmd]
         if hmd.bPoseIsValid:
@@ -154,24 +141,24 @@ class OpenVRBackend(Backend):
             self._pointer, openvr.TrackingUniverseStanding, openvr.k_ulInvalidInputValueHandle
         )
         if pose.bActive and pose.pose.bPoseIsValid:
-            rotation, origin = pose_matrix(_m34(pose.pose.mDeviceToAbsoluteTracking))
-            pointer = Ray(origin, -rotation[:, 2])
+            pointer = laser_ray(*pose_matrix(_m34(pose.pose.mDeviceToAbsoluteTracking)))
         select = self.input.getDigitalActionData(self._select, openvr.k_ulInvalidInputValueHandle)
-        if select.bActive and select.bChanged and select.bState and pointer is not None:
-            events.append(InputEvent("click", ray=pointer))
+        click = self._presses.update("any", bool(select.bActive and select.bState), pointer)
+        if click is not None:
+            events.append(click)
         return FrameInput(head=self._head, pointer=pointer, events=tuple(events), head_position=self._head_position)
 
     def draw(self, frame: Frame) -> None:
         head34 = np.hstack([self._head, self._head_position[:, None]])
-        for eye, fbo, tangents, eye_to_head in zip(self._eyes, self._fbos, self._tangents, self._eye_to_head):
+        for index, (fbo, tangents, eye_to_head) in enumerate(zip(self._fbos, self._tangents, self._eye_to_head)):
             rotation, position = eye_pose(head34, eye_to_head)
-            self.renderer.draw_eye(fbo, EyeView(tangents, rotation, position), stimulus=frame.stimulus,
-                                   fade=frame.fade, panel=frame.panel)
+            self._draw_eye(index, fbo, EyeView(tangents, rotation, position), frame)
         for eye, handle in zip(self._eyes, self._submit):
             self.compositor.submit(eye, handle)
         # the submit docstring asks for a glFlush after both eyes; moderngl offers only glFinish, and the
         # compositor has just taken the textures, so waiting costs nothing that waitGetPoses would not
         self.ctx.finish()
+        self._clear_gl_errors()
         return None
 
     def fade_to_grey(self, seconds: float, grey: bool) -> None:
@@ -196,15 +183,7 @@ class OpenVRBackend(Backend):
     def close(self) -> None:
         if self.vr is None:
             return
-        if getattr(self, "renderer", None) is not None:
-            self.renderer.release()
-            self.renderer = None
-        if self._window is not None:
-            import glfw
-
-            glfw.destroy_window(self._window)
-            glfw.terminate()
-            self._window = None
+        self._close_gl()
         self._openvr.shutdown()
         self.vr = None
 

@@ -1,0 +1,138 @@
+"""What both headset backends (``openvr`` and ``openxr``) share, once.
+
+- the hidden GLFW window whose OpenGL context the runtime composites from, and the renderer in it;
+- drawing each eye with the shared renderer: panorama, the fade to grey and the panel are all drawn
+  into the eye images (OpenXR has no compositor fade; OpenVR's is only added on top);
+- the controller laser: a ray along the aim pose's -z axis, and a click on the trigger's press edge,
+  which the panel hit-tests like any pointer ray (:meth:`viewer.panel.Panel.hit`);
+- the experimenter's mirror seam: an optional copy of the last left-eye image, and the display
+  counts reported through :meth:`~viewer.backends.base.Backend.timing_stats`.
+
+Each backend file keeps only what its VR API needs (session, swapchains or submits, actions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from study.errors import BackendUnavailable
+from viewer.backends.base import Backend, Capabilities, Frame, InputEvent, Ray
+from viewer.renderer import EyeView, Renderer
+
+#: OpenGL's sRGB-encoding switch; kept off, because the shaders write sRGB codes themselves.
+GL_FRAMEBUFFER_SRGB = 0x8DB9
+
+
+def laser_ray(rotation: np.ndarray, position: np.ndarray) -> Ray:
+    """The laser of a controller whose aim pose is ``rotation`` (world-from-controller) at ``position``.
+
+    Both OpenVR and OpenXR aim poses point down their own -z axis.
+    """
+    return Ray(np.asarray(position, dtype=np.float64), -np.asarray(rotation, dtype=np.float64)[:, 2])
+
+
+class PressEdge:
+    """Turns a button's level into one click per press, with the laser of the hand that pressed it."""
+
+    def __init__(self):
+        self._down: dict[str, bool] = {}
+
+    def update(self, hand: str, pressed: bool, ray: Ray | None) -> InputEvent | None:
+        """A click if ``hand``'s button went down since the last update and its laser is known."""
+        was_down, self._down[hand] = self._down.get(hand, False), pressed
+        if pressed and not was_down and ray is not None:
+            return InputEvent("click", ray=ray)
+        return None
+
+
+class HeadsetBackend(Backend):
+    """Both eyes of a tracked headset, drawn by the shared renderer into eye images a runtime composites.
+
+    Parameters
+    ----------
+    downscale : bool
+        See :class:`viewer.renderer.Renderer`.
+    mirror : bool
+        Keep a copy of each frame's left-eye image for the experimenter's mirror
+        (:attr:`mirror_texture`, :meth:`left_eye_image`); one GPU copy per frame.
+    """
+
+    capabilities = Capabilities(stereo=True, head_tracking=True, pointer=True, returns_pixels=False, paced=True)
+
+    def __init__(self, *, downscale: bool = False, mirror: bool = False):
+        self.downscale = downscale
+        self.mirror = mirror
+        self.mirror_texture = None
+        self.renderer = None
+        self.ctx = None
+        self._window = None
+        self._mirror_fbo = None
+
+    # -- GL ------------------------------------------------------------------------------------------------
+
+    def _open_gl(self, title: str, version: tuple[int, int] = (4, 1)) -> None:
+        """A hidden GLFW window with an OpenGL ``version`` core context, current, and the renderer in it."""
+        import glfw
+        import moderngl
+
+        if not glfw.init():
+            raise BackendUnavailable(self.name, "GLFW could not initialise; the headset needs a desktop session with a GPU")
+        glfw.window_hint(glfw.CONTEXT_VERSION_MAJOR, version[0])
+        glfw.window_hint(glfw.CONTEXT_VERSION_MINOR, version[1])
+        glfw.window_hint(glfw.OPENGL_PROFILE, glfw.OPENGL_CORE_PROFILE)
+        glfw.window_hint(glfw.VISIBLE, False)
+        self._window = glfw.create_window(320, 180, title, None, None)
+        if not self._window:
+            glfw.terminate()
+            raise BackendUnavailable(
+                self.name, f"GLFW could not create an OpenGL {version[0]}.{version[1]} context for the runtime; update the graphics driver"
+            )
+        glfw.make_context_current(self._window)
+        # the runtime paces frames; vsync on the hidden window would only add latency
+        glfw.swap_interval(0)
+        self.ctx = moderngl.create_context(require=version[0] * 100 + version[1] * 10)
+        self.renderer = Renderer(self.ctx, downscale=self.downscale)
+
+    def _draw_eye(self, index: int, fbo, eye: EyeView, frame: Frame) -> None:
+        """Draws ``frame`` for one eye into ``fbo``; the left eye (index 0) is copied for the mirror."""
+        self.ctx.disable_direct(GL_FRAMEBUFFER_SRGB)
+        self.renderer.draw_eye(fbo, eye, stimulus=frame.stimulus, fade=frame.fade, panel=frame.panel)
+        if index == 0 and self.mirror:
+            if self.mirror_texture is None or self.mirror_texture.size != fbo.size:
+                self._release_mirror()
+                self.mirror_texture = self.ctx.texture(fbo.size, 4)
+                self._mirror_fbo = self.ctx.framebuffer(color_attachments=[self.mirror_texture])
+            self.ctx.copy_framebuffer(self._mirror_fbo, fbo)
+
+    def left_eye_image(self) -> np.ndarray | None:
+        """The last left-eye image ``(H, W, 3) uint8`` (sRGB codes, top row first), if :attr:`mirror` is on."""
+        if self._mirror_fbo is None:
+            return None
+        width, height = self._mirror_fbo.size
+        pixels = np.frombuffer(self._mirror_fbo.read(components=3, alignment=1), np.uint8)
+        return pixels.reshape(height, width, 3)[::-1]
+
+    def _clear_gl_errors(self) -> None:
+        """Drains glGetError: SteamVR has left an error set after submitting, which would be blamed on us."""
+        for _ in range(16):
+            if self.ctx.error == "GL_NO_ERROR":
+                return
+
+    def _release_mirror(self) -> None:
+        for obj in (self._mirror_fbo, self.mirror_texture):
+            if obj is not None:
+                obj.release()
+        self._mirror_fbo = self.mirror_texture = None
+
+    def _close_gl(self) -> None:
+        """Releases the renderer, the mirror and the window; safe to call twice."""
+        if self.renderer is not None:
+            self._release_mirror()
+            self.renderer.release()
+            self.renderer = None
+        if self._window is not None:
+            import glfw
+
+            glfw.destroy_window(self._window)
+            glfw.terminate()
+            self._window = None

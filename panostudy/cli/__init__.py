@@ -2,27 +2,56 @@
 
 Commands are thin: they parse arguments, call library functions and render results. Each command module
 imports torch, diffusers and OpenGL inside its functions so that ``panostudy --help`` stays light.
+
+Every failure a user can cause ends here as one line on stderr and exit code 2 (:mod:`panostudy.cli._errors`
+says which failures those are); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
+import click
 import typer
 from typer.core import TyperGroup
 
-from study.errors import PanostudyError
+#: Files and folders the command creates are the owner's only: studies hold participant data.
+PRIVATE_UMASK = 0o077
 
 
 class _OneLineErrors(TyperGroup):
-    """Turns a :class:`PanostudyError` from any subcommand into one line on stderr and exit code 2."""
+    """Runs a command with a private umask and turns every user-caused failure into one line and exit code 2."""
 
-    def invoke(self, ctx):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from panostudy.cli._errors import user_error_line
+
+        args = sys.argv[1:] if args is None else list(args)
+        previous = os.umask(PRIVATE_UMASK)
         try:
-            return super().invoke(ctx)
-        except PanostudyError as exc:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            # `panostudy study` alone: the group's help, as click shows it.
+            click.echo(exc.ctx.get_help(), err=True)
+            code = 2
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            code = 1
+        except Exception as exc:  # noqa: BLE001  (sorted below: user errors become a line, bugs re-raise)
+            line = user_error_line(exc, args)
+            if line is None:
+                raise
+            from rich.markup import escape
+
             from panostudy.cli._console import err_console
 
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+            code = 2
+        finally:
+            os.umask(previous)
+        if standalone_mode:
+            sys.exit(code or 0)
+        return code
 
 
 app = typer.Typer(

@@ -48,6 +48,11 @@ class Candidate:
     origin: str  # where it was named, for error messages ("manifest.jsonl:3", "folder/street/a.png")
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def where(self) -> str:
+        """The image and, if it differs, where it was listed: the start of every message about it."""
+        return str(self.path) if self.origin == str(self.path) else f"{self.path} (listed at {self.origin})"
+
 
 @dataclass(frozen=True)
 class CheckedImage:
@@ -81,7 +86,7 @@ def collect_folder(folder: str | Path, scene: str | None = None) -> list[Candida
     if not folder.is_dir():
         raise StimulusError(f"{folder}: no such folder; pass a folder of panoramas or a manifest .jsonl file")
     if scene is not None:
-        found = [Candidate(p.resolve(), scene, str(p)) for p in _images_in(folder, recursive=True)]
+        found = [Candidate(_resolved(p, str(p)), scene, str(p)) for p in _images_in(folder, recursive=True)]
     else:
         loose = _images_in(folder, recursive=False)
         if loose:
@@ -89,7 +94,7 @@ def collect_folder(folder: str | Path, scene: str | None = None) -> list[Candida
                 f"{loose[0]}: image outside a scene sub-folder; put images in <folder>/<scene>/ or pass --scene"
             )
         found = [
-            Candidate(p.resolve(), sub.name, str(p))
+            Candidate(_resolved(p, str(p)), sub.name, str(p))
             for sub in sorted(d for d in folder.iterdir() if d.is_dir())
             for p in _images_in(sub, recursive=True)
         ]
@@ -100,7 +105,21 @@ def collect_folder(folder: str | Path, scene: str | None = None) -> list[Candida
 
 def _images_in(folder: Path, *, recursive: bool) -> list[Path]:
     paths = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()))
+    # A link that leads nowhere (or to itself) would otherwise drop a stimulus without a word.
+    for path in images:
+        if not path.is_file():
+            _resolved(path, str(path))
+            raise StimulusError(f"{path}: a symbolic link to a missing file; fix or remove the link")
+    return images
+
+
+def _resolved(path: Path, where: str) -> Path:
+    """``path`` made absolute with its links followed; a symlink loop is refused by name."""
+    try:
+        return path.resolve(strict=False)
+    except (RuntimeError, OSError) as exc:
+        raise StimulusError(f"{where}: {path} cannot be resolved ({exc}); a symbolic link loop? fix the link") from None
 
 
 def read_manifest(manifest: str | Path) -> list[Candidate]:
@@ -128,13 +147,17 @@ def read_manifest(manifest: str | Path) -> list[Candidate]:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
             raise StimulusError(f"{where}: invalid JSON ({exc.msg}); write one JSON object per line") from None
+        except RecursionError:
+            raise StimulusError(f"{where}: the JSON is nested too deeply; write one flat object per line") from None
         if not isinstance(entry, dict):
             raise StimulusError(f"{where}: expected a JSON object with 'path' and 'scene', got {type(entry).__name__}")
         for key in ("path", "scene"):
             if not isinstance(entry.get(key), str) or not entry[key]:
                 raise StimulusError(f"{where}: '{key}' is missing or not a string; every line needs 'path' and 'scene'")
+        if "\x00" in entry["path"]:
+            raise StimulusError(f"{where}: 'path' contains a NUL byte; write the image's file name as it is")
         metadata = {k: v for k, v in entry.items() if k not in ("path", "scene")}
-        path = (manifest.parent / entry["path"]).resolve()
+        path = _resolved(manifest.parent / entry["path"], where)
         found.append(Candidate(path, entry["scene"], where, metadata))
     if not found:
         raise StimulusError(f"{manifest}: the manifest names no images")
@@ -280,8 +303,7 @@ def check_image(candidate: Candidate, *, allow_downscale: bool = False) -> Check
     StimulusError
         Naming the image (and where it was listed) and what is wrong.
     """
-    path = candidate.path
-    where = f"{path}" if candidate.origin == str(path) else f"{path} (listed at {candidate.origin})"
+    path, where = candidate.path, candidate.where
     if not path.is_file():
         raise StimulusError(f"{where}: stimulus file not found; check the path or regenerate the image")
     with open_image(path, where) as image:

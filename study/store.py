@@ -341,23 +341,43 @@ def import_stimuli(
                 f"{candidate.origin}: scene '{candidate.scene}' is not in the protocol's scenes "
                 f"({', '.join(db.protocol.scenes)}); rename the folder/entry or pass --scene"
             )
+    _refuse_two_scenes(candidates)
     with db.Session() as session:
-        known = dict(session.execute(sa.select(Stimulus.path, Stimulus.sha256).where(Stimulus.study_id == db.study_id)).all())
+        stored = session.execute(
+            sa.select(Stimulus.path, Stimulus.sha256, Stimulus.scene, Stimulus.training).where(Stimulus.study_id == db.study_id)
+        ).all()
+    known = {path: (sha, stored_scene) for path, sha, stored_scene, _ in stored}
+    # One image is one stimulus: the same content under a second path (or scene) would be counted twice.
+    by_content = {sha: (stored_scene, path) for path, sha, stored_scene, flag in stored if flag == training}
     checked: dict[Path, CheckedImage] = {}
+    seen: set[Path] = set()
     already = 0
     for number, candidate in enumerate(candidates, start=1):
-        if candidate.path in checked:
+        if candidate.path in seen:  # listed twice under the same scene: one stimulus
             continue
+        seen.add(candidate.path)
         image = check_image(candidate, allow_downscale=downscale_into is not None)
-        stored = known.get(str(candidate.path))
-        if stored is not None:
-            if stored != image.sha256:
+        previous = known.get(str(candidate.path))
+        if previous is not None:
+            if previous[0] != image.sha256:
                 raise StimulusError(
                     f"{candidate.origin}: {candidate.path} changed since it was imported (sha256 differs); "
                     "save the new version under a new name"
                 )
+            if previous[1] != candidate.scene:
+                raise StimulusError(
+                    f"{candidate.where}: the image is in the study under scene '{previous[1]}' already; "
+                    "an image belongs to one scene, so fix the folder/entry or import a copy of another image"
+                )
             already += 1
         else:
+            twin = by_content.get(image.sha256)
+            if twin is not None:
+                raise StimulusError(
+                    f"{candidate.where}: the same image (identical content) as {twin[1]} "
+                    f"under scene '{twin[0]}'; list each image once, under one scene"
+                )
+            by_content[image.sha256] = (candidate.scene, str(candidate.path))
             checked[candidate.path] = image
         if progress is not None:
             progress(number, len(candidates))
@@ -366,6 +386,17 @@ def import_stimuli(
     with db.Session.begin() as session:
         _add_stimuli(session, db.study_id, fresh, training=training)
     return ImportReport(len(fresh), already, dict(Counter(image.candidate.scene for image in fresh)))
+
+
+def _refuse_two_scenes(candidates: list[Candidate]) -> None:
+    first: dict[Path, Candidate] = {}
+    for candidate in candidates:
+        earlier = first.setdefault(candidate.path, candidate)
+        if earlier.scene != candidate.scene:
+            raise StimulusError(
+                f"{candidate.where}: listed under scene '{candidate.scene}' here and under "
+                f"'{earlier.scene}' at {earlier.origin}; list each image under one scene"
+            )
 
 
 def add_participant(

@@ -103,7 +103,7 @@ def test_init_imports_the_protocol_training_panoramas(study_db):
 def test_bad_stimuli_are_refused_and_nothing_is_written(study_db, tmp_path):
     before = rows(study_db, Stimulus)
     folder = tmp_path / "bad"
-    write_panorama(folder / "street" / "ok.png")
+    write_panorama(folder / "street" / "ok.png", seed=123)
     write_panorama(folder / "street" / "square.png", width=32, height=32)
     with pytest.raises(StimulusError, match=r"square.png: 32x32 is not 2:1"):
         import_stimuli(study_db, folder)

@@ -213,7 +213,9 @@ def read_only_engine(url: str) -> tuple[sa.Engine, Callable[[], None]]:
 def process_kind(cmdline: list[str]) -> str:
     """"another panostudy process (...)" or "another program (...)" for a process's command line."""
     names = [os.path.basename(arg) for arg in cmdline]
-    command = " ".join(cmdline)[:80]
+    # `python -c <code>`: the code is not a name anyone recognises.
+    shown_args = [("<code>" if before == "-c" else arg) for before, arg in zip(["", *cmdline], cmdline)]
+    command = " ".join(" ".join(shown_args).split())[:80]
     if "panostudy" in names or any(a == "-m" and b == "panostudy" for a, b in zip(cmdline, cmdline[1:])):
         return f"another panostudy process ({command})"
     return f"another program ({command})" if command else "another program"

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from study.database import (
+    BUSY_TIMEOUT_MS,
     check_sqlite_file,
     database_error,
     database_url,
@@ -421,6 +422,9 @@ def add_participant(
     if age is not None and not 0 < age < 130:
         raise StoreError(f"--age {age} is not an age in years; leave it out if unknown")
     # Concurrent enrolments may pick the same next number: the unique keys decide, and the loser retries.
+    # SQLite refuses a transaction whose snapshot another writer has overtaken at once ("locked"); a lock
+    # that is simply held was already waited for (busy_timeout), so the retries stop at the same bound.
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
     attempt = 0
     while True:
         try:
@@ -428,7 +432,7 @@ def add_participant(
         except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
             attempt += 1
             conflict = isinstance(exc, sa.exc.IntegrityError) or "locked" in str(exc.orig).lower()
-            if not conflict or attempt >= ENROL_ATTEMPTS:
+            if not conflict or attempt >= ENROL_ATTEMPTS or time.monotonic() > deadline:
                 raise
             time.sleep(random.uniform(0.005, 0.05) * attempt)
 
@@ -507,7 +511,11 @@ def delete_participant(db: StudyDB, code: str, *, wait_s: float = 10.0, vacuum_f
         # A repeat finishes an earlier erasure: the WAL checkpoint on SQLite, VACUUM FULL on a server.
         unfinished = _files_holding(path, [code]) if path is not None else vacuum_full
         if not unfinished:
-            raise StoreError(f"participant {code!r} is not enrolled; add them with 'panostudy study add-participant'")
+            where = "the database files" if path is not None else "the database"
+            raise StoreError(
+                f"participant {code!r} is not enrolled, and nothing of that code is left in {where}; "
+                "check the code (nothing was deleted)"
+            )
         traces = [code]
     with db.engine.connect() as connection:
         if path is not None:

@@ -119,8 +119,9 @@ def postgres_server():
                 time.sleep(0.1)
         yield PostgresServer(port, data)
     finally:
-        # setpriv execs postgres, so this pid is the postmaster's; SIGINT is its fast shutdown.
-        server.send_signal(signal.SIGINT)
+        # setpriv execs postgres, so this pid is the postmaster's. SIGQUIT is its immediate shutdown: no
+        # final checkpoint, which a cluster about to be deleted does not need.
+        server.send_signal(signal.SIGQUIT)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -27,13 +27,13 @@ def check_output_file(path: Path, option: str, suffixes: Sequence[str]) -> str:
     text = str(path)
     if "\x00" in text:
         raise PanostudyError(f"{option} {text!r}: the path contains a NUL byte; give a plain file path")
-    suffix = path.suffix.lower()
-    if suffix not in suffixes:
-        raise PanostudyError(f"{option} {path}: unknown export format '{suffix}'; name the file {' or '.join(suffixes)}")
     if path.is_dir():
         raise PanostudyError(f"{option} {path}: is a folder; give a file name inside it, e.g. {path / ('answers' + suffixes[0])}")
     if path.exists() and not path.is_file():
         raise PanostudyError(f"{option} {path}: is not a regular file (a device or a pipe?); give a file path")
+    suffix = path.suffix.lower()
+    if suffix not in suffixes:
+        raise PanostudyError(f"{option} {path}: unknown export format '{suffix}'; name the file {' or '.join(suffixes)}")
     folder = path.parent
     while not folder.exists():
         folder = folder.parent

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -24,34 +23,38 @@ class _OneLineErrors(TyperGroup):
     """Runs a command with a private umask and turns every user-caused failure into one line and exit code 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        from panostudy.cli._errors import user_error_line
-
         args = sys.argv[1:] if args is None else list(args)
         previous = os.umask(PRIVATE_UMASK)
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:
-            # `panostudy study` alone: the group's help, as click shows it.
-            click.echo(exc.ctx.get_help(), err=True)
-            code = 2
-        except click.exceptions.Abort:
-            click.echo("Aborted.", err=True)
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
             code = 1
         except Exception as exc:  # noqa: BLE001  (sorted below: user errors become a line, bugs re-raise)
-            line = user_error_line(exc, args)
-            if line is None:
-                raise
-            from rich.markup import escape
-
-            from panostudy.cli._console import err_console
-
-            err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
-            code = 2
+            code = _report(exc, args)
         finally:
             os.umask(previous)
         if standalone_mode:
             sys.exit(code or 0)
         return code
+
+
+def _report(exc: Exception, args: list[str]) -> int:
+    """Shows a user-caused failure on stderr and returns exit code 2; re-raises a bug."""
+    from panostudy.cli._errors import user_error_line
+
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `panostudy study` alone: the group's help
+        typer.echo(exc.ctx.get_help(), err=True)
+        return 2
+    line = user_error_line(exc, args)
+    if line is None:
+        raise exc
+    from rich.markup import escape
+
+    from panostudy.cli._console import err_console
+
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    return 2
 
 
 app = typer.Typer(

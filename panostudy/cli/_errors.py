@@ -3,7 +3,7 @@
 The table, in the order :func:`user_error_line` tries it:
 
 - panostudy's own errors (:class:`study.errors.PanostudyError`): their message as is;
-- click/Typer usage errors (bad value, missing or unknown option): click's message, the command and ``--help``;
+- Typer usage errors (bad value, missing or unknown option): Typer's message, the command and ``--help``;
 - database errors (SQLAlchemy, its drivers, sqlite3): :func:`study.store.database_error` names the database
   (password masked) and the cause: locked, disk full, read-only, not a study, unreachable server;
 - operating-system errors: disk full, permission denied, read-only file system, missing file, ...;
@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import sys
 
-import click
+import typer
 
 from study.errors import PanostudyError
 
@@ -65,7 +65,7 @@ def user_error_line(exc: BaseException, args: list[str]) -> str | None:
 def _describe(exc: BaseException, args: list[str], db: str | None) -> str | None:
     if isinstance(exc, PanostudyError):
         return str(exc)
-    if isinstance(exc, click.ClickException):
+    if isinstance(exc, typer.TyperException):
         return _usage_line(exc)
     if _is_database_error(exc):
         from study.database import database_error
@@ -79,7 +79,7 @@ def _describe(exc: BaseException, args: list[str], db: str | None) -> str | None
     return None
 
 
-def _usage_line(exc: click.ClickException) -> str:
+def _usage_line(exc: typer.TyperException) -> str:
     message = exc.format_message().strip().rstrip(".")
     ctx = getattr(exc, "ctx", None)
     if ctx is None:

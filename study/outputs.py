@@ -69,7 +69,11 @@ def write_all(outputs: Sequence[tuple[Path, Callable[[Path], object]]]) -> list[
             fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
             os.close(fd)
             temps.append((Path(name), target))
-            write(Path(name))
+            try:
+                write(Path(name))
+            except OSError as exc:
+                # Named by the file the user asked for, not the temporary one.
+                raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
         for temp, target in temps:
             os.replace(temp, target)
     except BaseException:

@@ -259,3 +259,51 @@ def test_the_database_and_exports_are_private_to_their_owner(tmp_path):
         assert mode(tmp_path / "cli" / "a.parquet") == 0o600 and mode(tmp_path / "cli") == 0o700
     finally:
         os.umask(previous)
+
+
+def test_a_failing_second_output_leaves_no_output_at_all(tmp_path, monkeypatch):
+    import errno
+
+    import pandas as pd
+
+    db = make_study(tmp_path)
+    ScriptedDriver(RaterModel(1)).run(SessionEngine.start(db, "P01"))
+    db.close()
+
+    def full_disk(self, path, **options):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk)
+    out, ssq = tmp_path / "exports" / "answers.csv", tmp_path / "exports" / "ssq.parquet"
+    result = CliRunner().invoke(app, ["study", "export", "--db", str(tmp_path / "study.sqlite"), "--out", str(out),
+                                      "--ssq", str(ssq)])
+    assert result.exit_code == 2
+    line, = result.stderr.strip().splitlines()
+    assert f"{ssq}: no space left on the device; free some space" in line
+    assert not (tmp_path / "exports").exists()  # the folder made for the outputs is gone again, with the first file
+
+
+def test_a_full_disk_mid_session_is_one_line_that_points_to_resume(tmp_path, monkeypatch):
+    import sqlite3
+
+    db = make_study(tmp_path)
+    db.close()
+    real_submit = SessionEngine.submit
+    calls = []
+
+    def filling_up(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 5:
+            raise sa.exc.OperationalError("INSERT INTO answer ...", {}, sqlite3.OperationalError("database or disk is full"))
+        return real_submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(SessionEngine, "submit", filling_up)
+    result = CliRunner().invoke(app, ["session", "run", "--db", str(tmp_path / "study.sqlite"), "--participant", "P01",
+                                      "--backend", "none", "--simulate", "1"])
+    assert result.exit_code == 2
+    line, = result.stderr.strip().splitlines()
+    assert "study.sqlite: the disk is full (database or disk is full); free some space" in line
+    assert "every confirmed answer is kept; 'panostudy session resume' continues where it stopped" in line
+    monkeypatch.undo()
+    with open_study(tmp_path / "study.sqlite") as reopened:
+        assert SessionEngine.load(reopened, "P01").progress()[0] == 5

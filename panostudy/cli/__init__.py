@@ -44,7 +44,9 @@ def _report(exc: Exception, args: list[str]) -> int:
     from panostudy.cli._errors import user_error_line
 
     if type(exc).__name__ == "NoArgsIsHelpError":  # `panostudy study` alone: the group's help
-        typer.echo(exc.ctx.get_help(), err=True)
+        # With rich help, building the message has printed it already and left the message empty.
+        if exc.format_message().strip():
+            typer.echo(exc.format_message(), err=True)
         return 2
     line = user_error_line(exc, args)
     if line is None:

@@ -257,6 +257,11 @@ def test_the_database_and_exports_are_private_to_their_owner(tmp_path):
         result = CliRunner().invoke(app, ["study", "export", "--db", str(path), "--out", str(tmp_path / "cli" / "a.parquet")])
         assert result.exit_code == 0, result.output
         assert mode(tmp_path / "cli" / "a.parquet") == 0o600 and mode(tmp_path / "cli") == 0o700
+        result = CliRunner().invoke(app, ["analyze", "--db", str(path), "--out", str(tmp_path / "report")])
+        assert result.exit_code == 0, result.output
+        report = tmp_path / "report"
+        assert mode(report) == 0o700 and {mode(p) for p in report.rglob("*") if p.is_file()} == {0o600}
+        assert {mode(p) for p in report.rglob("*") if p.is_dir()} == {0o700}
     finally:
         os.umask(previous)
 

@@ -6,7 +6,7 @@ A ``--db`` is a SQLite file path or a SQLAlchemy URL. Three rules hold for every
   scrubs a text (a driver's error, say) of the URL's password.
 - **A file is read, read-only, before anything is written to it.** :func:`check_sqlite_file` reads the
   header; :func:`read_only_engine` opens it with ``mode=ro``, so a foreign or damaged file is refused
-  unchanged (no WAL switch, no journal).
+  unchanged (no WAL switch, no journal, no ``-wal``/``-shm`` files left beside it).
 - **A driver's failure becomes one line.** :func:`database_error` turns the errors a user can cause (a lock
   held by someone else, a full disk, a read-only file, a server that does not answer) into a
   :class:`~study.errors.StoreError` naming the database, the cause and what to do.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -172,15 +171,22 @@ def check_sqlite_file(path: Path) -> None:
     pages = int.from_bytes(header[28:32], "big")
     # The page count is valid when the "version-valid-for" number matches the change counter.
     counted = header[92:96] == header[24:28]
-    if page_size < 512 or size % page_size or (counted and size < pages * page_size):
+    # While a -wal file exists the database is open (or was not closed) and a checkpoint may be extending
+    # the file right now, so its length proves nothing then.
+    in_use = path.with_name(path.name + "-wal").exists()
+    if page_size < 512 or size % page_size or (counted and size < pages * page_size and not in_use):
         raise StoreError(
             f"{path}: the database file is truncated or damaged ({size} bytes); restore it from a backup"
         )
 
 
-def read_only_engine(url: str) -> tuple[sa.Engine, Callable[[], None]]:
-    """An engine that cannot write (SQLite ``mode=ro``; other databases: read-only transactions), and a
-    function that closes it and removes any ``-wal``/``-shm`` file the read-only open created."""
+def read_only_engine(url: str) -> sa.Engine:
+    """An engine that cannot write: SQLite opened with ``mode=ro``, other databases in read-only transactions.
+
+    A SQLite file in WAL mode that nobody has open (no ``-wal`` / ``-shm`` beside it) is opened
+    ``immutable``: a plain read-only open would create those two files next to it, and removing them again
+    could pull them from under a process that opened the database in the meantime.
+    """
     path = sqlite_file(url)
     if path is None:
         engine = make_engine(url)
@@ -189,22 +195,12 @@ def read_only_engine(url: str) -> tuple[sa.Engine, Callable[[], None]]:
         def _read_only(connection) -> None:
             connection.exec_driver_sql("SET TRANSACTION READ ONLY")
 
-        return engine, engine.dispose
-    companions = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
-    existed = {p: p.exists() for p in companions}
-    uri = f"file:{quote(str(path))}?mode=ro"
-    engine = sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
-
-    def close() -> None:
-        engine.dispose()
-        # Only files nobody else had opened (they did not exist before) and that hold nothing.
-        wal = companions[0]
-        if not existed[wal] and wal.exists() and wal.stat().st_size == 0:
-            for p in companions:
-                if not existed[p]:
-                    p.unlink(missing_ok=True)
-
-    return engine, close
+        return engine
+    with open(path, "rb") as fh:
+        wal_mode = fh.read(20)[18:20] == b"\x02\x02"
+    in_use = any(path.with_name(path.name + suffix).exists() for suffix in ("-wal", "-shm"))
+    uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if wal_mode and not in_use else "")
+    return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
 
 
 # -- who holds a lock ----------------------------------------------------------------------------------------

@@ -195,13 +195,13 @@ def create_study(db: str | Path, protocol: Protocol | str | Path, *, base_dir: s
 
 def _check_empty_server_database(url: str) -> None:
     """Refuses a server database that already holds a study or tables with panostudy's names (read only)."""
-    engine, close = read_only_engine(url)
+    engine = read_only_engine(url)
     try:
         present = set(sa.inspect(engine).get_table_names()) & set(Base.metadata.tables)
     except sa.exc.DBAPIError as exc:
         raise database_error(exc, url) from None
     finally:
-        close()
+        engine.dispose()
     if SchemaInfo.__tablename__ in present:
         raise StoreError(f"{shown(url)}: the database already holds a study; choose a new --db")
     if present:
@@ -237,13 +237,13 @@ def open_study(db: str | Path) -> StudyDB:
     if path is not None:
         _check_writable(path, creating=False)
         check_sqlite_file(path)
-    checker, close = read_only_engine(url)
+    checker = read_only_engine(url)
     try:
         study_id, protocol = _read_study(checker, url)
     except sa.exc.DBAPIError as exc:
         raise database_error(exc, url) from None
     finally:
-        close()
+        checker.dispose()
     engine = make_engine(url)
     return StudyDB(url, engine, _sessionmaker(engine), study_id, protocol)
 

@@ -312,3 +312,23 @@ def test_a_full_disk_mid_session_is_one_line_that_points_to_resume(tmp_path, mon
     monkeypatch.undo()
     with open_study(tmp_path / "study.sqlite") as reopened:
         assert SessionEngine.load(reopened, "P01").progress()[0] == 5
+
+
+def test_a_locked_postgresql_table_names_the_holding_session(postgres_server, tmp_path):
+    import psycopg
+
+    with make_study(tmp_path, db=postgres_server.create_database()) as db:
+        url = db.url
+    dbname = url.rsplit("/", 1)[1]
+    holder_connection = psycopg.connect(f"host=127.0.0.1 port={postgres_server.port} user=panostudy dbname={dbname} "
+                                        "application_name=panostudy")
+    try:
+        holder_connection.execute("LOCK TABLE participant IN EXCLUSIVE MODE")
+        pid = holder_connection.info.backend_pid
+        result = CliRunner().invoke(app, ["study", "add-participant", "--db", url, "--code", "P03"])
+    finally:
+        holder_connection.close()
+    assert result.exit_code == 2
+    line, = result.stderr.strip().splitlines()
+    assert f"the database stayed locked by pid {pid} on the server: another panostudy process for 5 s" in line
+    assert CliRunner().invoke(app, ["study", "add-participant", "--db", url, "--code", "P03"]).exit_code == 0

@@ -276,7 +276,7 @@ def write_report(analysis: Analysis, out: str | Path, *, thumbnails: Mapping[str
     _check_out(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the report is an ordinary folder
+        # mkdtemp makes the folder private (0700), as a report of participant data should be.
         _step(progress, "figures")
         figures = _figures(analysis, thumbnails)
         (tmp / "figures").mkdir()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ import numpy as np
 
 from study.engine import SessionEngine, Step
 from study.errors import SessionError
+from study.protocol import Protocol
 
 
 def keyed_rng(*parts: object) -> np.random.Generator:
@@ -106,17 +109,28 @@ class RaterModel:
         return float(keyed_rng(self.seed, participant_code, step.key, "rt").lognormal(np.log(1.8), 0.4))
 
 
+#: Longest plausible response time in an answer file (seconds).
+MAX_RESPONSE_TIME_S = 3600.0
+#: Longest pause ``--pace`` may ask for before each step (seconds).
+MAX_PACE_S = 60.0
+_RATING_KEY = re.compile(r"trial/(\d+)/([^/]+)/([^/]+)")
+_SSQ_KEY = re.compile(r"ssq/(pre|post)/(\d+)")
+
+
 @dataclass(frozen=True)
 class ReplayAnswers:
     """Answers read from a file, by step key.
 
     A CSV file has a header with ``key`` and ``value`` (and optionally ``response_time_s``); a JSON file
     is ``{"<key>": value, ...}`` or a list of ``{"key": ..., "value": ..., "response_time_s": ...}``.
+    Values are integers, response times finite seconds in 0..3600, each key once. :meth:`check` compares
+    the keys and values with a protocol before a session is written.
     """
 
     source: str
     values: Mapping[str, int]
     response_times: Mapping[str, float]
+    rows: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_file(cls, path: str | Path) -> ReplayAnswers:
@@ -125,7 +139,8 @@ class ReplayAnswers:
         Raises
         ------
         SessionError
-            Naming the file (and row) if it cannot be read or a value is not an integer.
+            Naming the file (and row) if it cannot be read, holds no answers, repeats a key, a value is not
+            an integer or a response time is not a finite number of seconds in 0..3600.
         """
         path = Path(path)
         try:
@@ -137,24 +152,62 @@ class ReplayAnswers:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise SessionError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+            except RecursionError:
+                raise SessionError(f"{path}: the JSON is nested too deeply; write an object or a list of rows") from None
             rows = [{"key": k, "value": v} for k, v in data.items()] if isinstance(data, dict) else data
         elif path.suffix.lower() == ".csv":
-            rows = list(csv.DictReader(text.splitlines()))
+            try:
+                rows = list(csv.DictReader(text.splitlines()))
+            except csv.Error as exc:
+                raise SessionError(f"{path}: invalid CSV ({exc}); write a header 'key,value' and one row per answer") from None
         else:
             raise SessionError(f"{path}: answer files are .csv or .json, got '{path.suffix}'")
         if not isinstance(rows, list):
             raise SessionError(f"{path}: expected an object or a list of {{key, value}} rows")
-        values, times = {}, {}
+        if not rows:
+            raise SessionError(f"{path}: the answer file holds no answers; add one row per step (key, value)")
+        values, times, numbers = {}, {}, {}
         for number, row in enumerate(rows, start=1):
             if not isinstance(row, dict) or "key" not in row or "value" not in row:
                 raise SessionError(f"{path}: row {number} needs 'key' and 'value'")
-            try:
-                values[str(row["key"])] = int(row["value"])
-                if row.get("response_time_s") not in (None, ""):
-                    times[str(row["key"])] = float(row["response_time_s"])
-            except (TypeError, ValueError):
-                raise SessionError(f"{path}: row {number} ({row['key']}): value {row['value']!r} is not an integer") from None
-        return cls(str(path), values, times)
+            key = str(row["key"])
+            if key in numbers:
+                raise SessionError(f"{path}: row {number}: key '{key}' was given in row {numbers[key]} already; keep one")
+            numbers[key] = number
+            values[key] = _integer(row["value"], f"{path}: row {number} ({key})")
+            if row.get("response_time_s") not in (None, ""):
+                times[key] = _seconds(row["response_time_s"], f"{path}: row {number} ({key})")
+        return cls(str(path), values, times, numbers)
+
+    def check(self, protocol: Protocol) -> None:
+        """Refuses keys the protocol has no step for and values outside their scale, naming the row.
+
+        Raises
+        ------
+        SessionError
+            ``<file>: row <n> (<key>): ...`` for the first problem.
+        """
+        ssq_values = range(min(protocol.ssq.labels), max(protocol.ssq.labels) + 1)
+        for key, value in self.values.items():
+            where = f"{self.source}: row {self.rows.get(key, '?')} ({key})"
+            if (rating := _RATING_KEY.fullmatch(key)) is not None:
+                scale = next((s for s in protocol.scales if s.id == rating.group(2)), None)
+                if scale is None or rating.group(3) not in {item.id for item in scale.items}:
+                    known = ", ".join(f"{s.id}/{i.id}" for s in protocol.scales for i in s.items)
+                    raise SessionError(f"{where}: the protocol has no scale item '{rating.group(2)}/{rating.group(3)}'; use one of {known}")
+                allowed = range(scale.min, scale.max + 1)
+            elif (ssq := _SSQ_KEY.fullmatch(key)) is not None:
+                if not 1 <= int(ssq.group(2)) <= len(protocol.ssq.items):
+                    raise SessionError(f"{where}: the SSQ has items 1..{len(protocol.ssq.items)}; fix the key")
+                allowed = ssq_values
+            else:
+                raise SessionError(
+                    f"{where}: not the key of a rating or SSQ step; use trial/<index>/<scale>/<item> or ssq/pre|post/<n>"
+                )
+            if value not in allowed:
+                raise SessionError(
+                    f"{where}: value {value} is out of the scale's range {allowed.start}..{allowed.stop - 1}; fix the value"
+                )
 
     def value(self, participant_code: str, step: Step) -> int:
         if step.key not in self.values:
@@ -163,6 +216,27 @@ class ReplayAnswers:
 
     def response_time_s(self, participant_code: str, step: Step) -> float:
         return self.response_times.get(step.key, 1.5)
+
+
+def _integer(raw: object, where: str) -> int:
+    """An answer value: a JSON integer or the text of one; never a float truncated, a boolean, inf or nan."""
+    if isinstance(raw, str) and re.fullmatch(r"\s*[+-]?\d+\s*", raw):
+        return int(raw)
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    raise SessionError(f"{where}: value {raw!r} is not an integer; write the chosen scale value, e.g. 3")
+
+
+def _seconds(raw: object, where: str) -> float:
+    try:
+        seconds = float(raw)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(raw, bool) or not 0.0 <= seconds <= MAX_RESPONSE_TIME_S:
+        raise SessionError(
+            f"{where}: response_time_s {raw!r} is not a time in 0..{MAX_RESPONSE_TIME_S:g} s; write the seconds the answer took"
+        )
+    return seconds
 
 
 def scripted_head_motion(
@@ -198,9 +272,16 @@ class ScriptedDriver:
     """
 
     def __init__(self, answers: AnswerSource, *, motion_seed: int = 0, pace_s: float = 0.0):
+        if isinstance(pace_s, bool) or not 0.0 <= pace_s <= MAX_PACE_S:  # also refuses nan
+            raise SessionError(f"--pace {pace_s}: must be a number of seconds in 0..{MAX_PACE_S:g}")
         self.answers = answers
         self.motion_seed = motion_seed
         self.pace_s = pace_s
+
+    def check(self, protocol: Protocol) -> None:
+        """Refuses, before a session is written, an answer file whose keys or values the protocol cannot take."""
+        if isinstance(self.answers, ReplayAnswers):
+            self.answers.check(protocol)
 
     def response(self, participant_code: str, step: Step) -> tuple[int | None, float]:
         """(value, seconds the step stays on screen) for one step."""

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from study.errors import PanostudyError
 from study.models import Answer, Participant, PoseSample, SsqAnswer, Stimulus, Study, StudySession, Trial
+from study.outputs import check_output_file, write_all
 from study.store import StudyDB, open_study
 
 ANSWER_COLUMNS = {
@@ -137,23 +138,28 @@ def load_poses(db_url: str | Path | StudyDB) -> pd.DataFrame:
             return _typed(session.execute(query).all(), POSE_COLUMNS)
 
 
-def check_output_path(out_path: Path) -> str:
-    suffix = out_path.suffix.lower()
-    if suffix not in (".csv", ".parquet"):
-        raise PanostudyError(f"{out_path}: unknown export format '{suffix}'; name the file .csv or .parquet")
-    if not out_path.parent.is_dir():
-        raise PanostudyError(f"{out_path}: folder {out_path.parent} does not exist; create it first")
-    return suffix
+def check_output_path(out_path: Path, option: str = "--out") -> str:
+    """Refuses an export path that cannot be written (see :func:`study.outputs.check_output_file`);
+    returns its suffix."""
+    return check_output_file(Path(out_path), option, (".csv", ".parquet"))
+
+
+def _writer(frame: pd.DataFrame, suffix: str):
+    if suffix == ".csv":
+        return lambda path: frame.to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
+    return lambda path: frame.to_parquet(path, index=False)
+
+
+def write_frames(frames: list[tuple[pd.DataFrame, str | Path]]) -> list[Path]:
+    """Writes frames as CSV (ISO-8601 UTC times) or Parquet, chosen by each file's suffix, all or nothing:
+    no file is replaced unless every one was written (files 0600, missing folders created 0700)."""
+    outputs = [(Path(path), _writer(frame, check_output_path(Path(path)))) for frame, path in frames]
+    return write_all(outputs)
 
 
 def write_frame(frame: pd.DataFrame, out_path: str | Path) -> Path:
-    """Writes a frame as CSV (ISO-8601 UTC times) or Parquet, chosen by the file's suffix."""
-    out_path = Path(out_path)
-    if check_output_path(out_path) == ".csv":
-        frame.to_csv(out_path, index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
-    else:
-        frame.to_parquet(out_path, index=False)
-    return out_path
+    """Writes one frame as :func:`write_frames` does."""
+    return write_frames([(frame, out_path)])[0]
 
 
 def export_answers(db_url: str | Path | StudyDB, out_path: str | Path) -> Path:

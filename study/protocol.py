@@ -31,6 +31,20 @@ DEFAULT_PROTOCOL: Path = Path(__file__).resolve().parent.parent / "protocols" / 
 MAX_POSE_RATE_HZ = 90.0
 """Headsets such as the HTC VIVE Pro Eye refresh at 90 Hz; sampling poses faster only repeats frames."""
 
+MAX_SEED = 2**63 - 1
+"""Seeds are stored as 64-bit signed integers (SQLite INTEGER, PostgreSQL BIGINT)."""
+
+MAX_EXPOSURE_S = 600.0
+"""Ten minutes; ITU-T P.919 asks for 10-30 s, and longer exposures only make sickness more likely."""
+
+MAX_PARTICIPANTS = 100_000
+MAX_SCALE_VALUE = 1000
+"""Scale values stay within -1000..1000: any rating scale fits, and every store keeps them exactly."""
+
+MAX_BREAK_S = 3600.0
+MAX_BREAK_EVERY_MINUTES = 600.0
+MAX_BREAK_EVERY = 10_000
+
 SSQ_ITEM_COUNT = 16
 """Kennedy et al. (1993) scoring weights index the 16 items by position, so the count is fixed."""
 
@@ -186,6 +200,9 @@ def parse_protocol(text: str, source: str = "<string>", *, base_dir: str | Path 
     """
     try:
         doc = tomllib.loads(text)
+    except RecursionError:
+        raise ProtocolError(f"{source}: document: arrays or tables are nested too deeply; a protocol needs only a "
+                            "few levels, check the brackets") from None
     except tomllib.TOMLDecodeError as exc:
         where = _TOML_POSITION.search(str(exc))
         reason = _TOML_POSITION.sub("", str(exc)).strip()
@@ -297,16 +314,19 @@ class _Reader:
                                   "scales"))
 
         seed = self.get(doc, "seed", "", int, "an integer")
-        if seed < 0:
-            raise self.fail("seed", f"{seed} is negative", "use an integer >= 0")
+        if not 0 <= seed <= MAX_SEED:
+            raise self.fail("seed", f"{seed} is outside 0..2**63-1", "use an integer >= 0 below 2**63")
         participants = self.get(doc, "participants", "", int, "an integer")
-        if participants < 1:
+        if not 1 <= participants <= MAX_PARTICIPANTS:
             raise self.fail("participants", f"{participants} is not a number of participants",
-                            "plan at least 1 participant")
+                            f"plan 1..{MAX_PARTICIPANTS} participants")
         exposure = self.number(doc, "exposure_s", "")
         if not exposure > 0:
             raise self.fail("exposure_s", f"{exposure:g} s is not a positive time",
                             "show each stimulus for a positive number of seconds (P.919: 10-30 s)")
+        if exposure > MAX_EXPOSURE_S:
+            raise self.fail("exposure_s", f"{exposure:g} s is more than {MAX_EXPOSURE_S:g} s",
+                            "show each stimulus for at most 10 minutes (P.919: 10-30 s)")
         rate = self.number(doc, "pose_rate_hz", "", 30.0)
         if not 0 < rate <= MAX_POSE_RATE_HZ:
             raise self.fail("pose_rate_hz", f"{rate:g} Hz is outside (0, {MAX_POSE_RATE_HZ:g}]",
@@ -359,6 +379,10 @@ class _Reader:
                 raise self.fail(_join(path, "id"), f"scale '{scale_id}' is defined twice", "give each scale its own id")
             low = self.get(entry, "min", path, int, "an integer")
             high = self.get(entry, "max", path, int, "an integer")
+            for key, value in (("min", low), ("max", high)):
+                if not -MAX_SCALE_VALUE <= value <= MAX_SCALE_VALUE:
+                    raise self.fail(_join(path, key), f"{value} is outside -{MAX_SCALE_VALUE}..{MAX_SCALE_VALUE}",
+                                    f"use scale values within -{MAX_SCALE_VALUE}..{MAX_SCALE_VALUE} (e.g. 1..5)")
             if low >= high:
                 raise self.fail(_join(path, "min"), f"min {low} is not below max {high}", "make min < max")
             if high - low + 1 > MAX_SCALE_POINTS:
@@ -417,16 +441,17 @@ class _Reader:
     def breaks(self, doc: dict) -> BreakRule:
         section = self.table(doc, "breaks", "", ("every_trials", "every_minutes", "min_duration_s", "text"))
         every_trials = self.get(section, "every_trials", "breaks", int, "an integer", None)
-        if every_trials is not None and every_trials < 1:
+        if every_trials is not None and not 1 <= every_trials <= MAX_BREAK_EVERY:
             raise self.fail("breaks.every_trials", f"{every_trials} is not a trial count",
-                            "use an integer >= 1, or leave the key out for no count-based breaks")
+                            f"use an integer in 1..{MAX_BREAK_EVERY}, or leave the key out for no count-based breaks")
         every_minutes = self.number(section, "every_minutes", "breaks", None)
-        if every_minutes is not None and not every_minutes > 0:
-            raise self.fail("breaks.every_minutes", f"{every_minutes:g} is not a positive time",
-                            "use minutes > 0, or leave the key out for no time-based breaks")
+        if every_minutes is not None and not 0 < every_minutes <= MAX_BREAK_EVERY_MINUTES:
+            raise self.fail("breaks.every_minutes", f"{every_minutes:g} is not a time in (0, 600] minutes",
+                            "use minutes in (0, 600], or leave the key out for no time-based breaks")
         minimum = self.number(section, "min_duration_s", "breaks")
-        if minimum < 0:
-            raise self.fail("breaks.min_duration_s", f"{minimum:g} s is negative", "use seconds >= 0")
+        if not 0 <= minimum <= MAX_BREAK_S:
+            raise self.fail("breaks.min_duration_s", f"{minimum:g} s is outside 0..{MAX_BREAK_S:g} s",
+                            "use seconds >= 0, at most an hour")
         return BreakRule(every_trials=every_trials, every_minutes=every_minutes, min_duration_s=minimum,
                          text=self.text(section, "text", "breaks"))
 

@@ -1,6 +1,9 @@
 """The study database: opening it safely, and the writes that are not part of a session.
 
-SQLite is the default (a path is enough); any SQLAlchemy URL works. Every SQLite connection runs with
+SQLite is the default (a path is enough); PostgreSQL (``postgresql://user@host/db``, psycopg 3) is the
+second store, tested like the first. A database is checked read-only before anything is written to it
+(:mod:`study.database`), a new SQLite file is created readable by its owner only, and every SQLite
+connection runs with
 ``journal_mode=WAL`` (readers never block the session's writer), ``foreign_keys=ON`` (cascading deletes)
 and ``synchronous=FULL`` (a committed answer survives a crash or power loss). Each unit of work runs in
 ``with db.Session.begin()``, so it commits as a whole or not at all.
@@ -8,8 +11,11 @@ and ``synchronous=FULL`` (a committed answer survives a crash or power loss). Ea
 
 from __future__ import annotations
 
+import mmap
 import os
+import random
 import re
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +24,17 @@ from pathlib import Path
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from study.database import (
+    BUSY_TIMEOUT_MS,
+    check_sqlite_file,
+    database_error,
+    database_url,
+    make_engine,
+    read_only_engine,
+    shown,
+    sqlite_file,
+    sqlite_lock_holders,
+)
 from study.errors import StimulusError, StoreError
 from study.models import (
     SCHEMA_VERSION,
@@ -33,6 +50,8 @@ from study.stimuli import Candidate, CheckedImage, check_image, collect, write_d
 
 #: Pseudonymous participant codes only: letters, digits, ``-`` and ``_`` (no names, no e-mail addresses).
 PARTICIPANT_CODE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+#: Tries of one enrolment against concurrent ones before the conflict is reported.
+ENROL_ATTEMPTS = 50
 #: Scene given to training panoramas whose folder is not one of the protocol's scenes.
 TRAINING_SCENE = "training"
 
@@ -46,6 +65,11 @@ class StudyDB:
     Session: so.sessionmaker[so.Session]
     study_id: int
     protocol: Protocol
+
+    @property
+    def shown_url(self) -> str:
+        """The database as messages name it: a SQLite file's path, any other URL with its password masked."""
+        return shown(self.url)
 
     def close(self) -> None:
         """Closes every pooled connection."""
@@ -67,47 +91,17 @@ class ImportReport:
     per_scene: dict[str, int]
 
 
-def database_url(db: str | Path) -> str:
-    """A SQLAlchemy URL: ``db`` itself if it is one, else the URL of a SQLite file at that path."""
-    text = str(db)
-    if "://" in text:
-        return text
-    return f"sqlite:///{Path(text).expanduser().resolve()}"
-
-
-def _sqlite_file(url: str) -> Path | None:
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
-
-
-def _set_sqlite_pragmas(dbapi_connection, connection_record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    # A second process (a monitor, an export) may hold the lock briefly; wait rather than fail.
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
-
-
-def _make_engine(url: str) -> sa.Engine:
-    engine = sa.create_engine(url)
-    if engine.dialect.name == "sqlite":
-        sa.event.listen(engine, "connect", _set_sqlite_pragmas)
-    return engine
-
-
 def _check_writable(path: Path, *, creating: bool) -> None:
     folder = path.parent
     if creating:
-        if path.exists():
+        if path.exists() or path.is_symlink():
             raise StoreError(f"{path}: a file already exists there; choose a new --db path or open the existing study")
         if not folder.is_dir():
             raise StoreError(f"{path}: folder {folder} does not exist or is not a folder; create it first")
-    elif not path.is_file():
+    elif not path.exists():
         raise StoreError(f"{path}: no study database there; create one with 'panostudy study init --db {path}'")
+    elif not path.is_file():
+        raise StoreError(f"{path}: not a file (a folder or a device?); give the study file 'panostudy study init' made")
     # WAL writes <db>-wal and <db>-shm next to the file, so the folder must be writable too.
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise StoreError(f"{path}: database path is not writable; fix its permissions or choose another --db path")
@@ -118,8 +112,25 @@ def _sessionmaker(engine: sa.Engine) -> so.sessionmaker[so.Session]:
     return so.sessionmaker(engine, expire_on_commit=False)
 
 
+def _create_private_file(path: Path) -> None:
+    """Creates the empty database file readable by its owner only; SQLite gives its -wal and -shm files the
+    database's permissions."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        raise StoreError(f"{path}: a file already exists there; choose a new --db path or open the existing study") from None
+
+
+def _remove_sqlite_files(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
 def create_study(db: str | Path, protocol: Protocol | str | Path, *, base_dir: str | Path | None = None) -> StudyDB:
     """Creates a study database for ``protocol`` and imports the protocol's training panoramas.
+
+    A new SQLite file is created readable by its owner only (0600). If anything fails, the file is removed
+    again; an existing database is never changed.
 
     Parameters
     ----------
@@ -134,24 +145,27 @@ def create_study(db: str | Path, protocol: Protocol | str | Path, *, base_dir: s
     Raises
     ------
     StoreError
-        If the path exists, is not writable, or the database already holds a study.
+        If the path exists, is not writable, or the database already holds a study or tables of ours.
     StimulusError
         If a training panorama fails validation (nothing is written then).
     """
+    url = database_url(db)
     if isinstance(protocol, Protocol):
         source, base = "<stored protocol>", Path(base_dir) if base_dir is not None else DEFAULT_PROTOCOL.parent
     else:
         source, base = str(protocol), Path(protocol).resolve().parent
         protocol = load_protocol(protocol)
-    url = database_url(db)
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if path is not None:
         _check_writable(path, creating=True)
     training = [check_image(c) for c in _training_candidates(protocol)]
-    engine = _make_engine(url)
+    if path is None:
+        _check_empty_server_database(url)
+    else:
+        _create_private_file(path)
+    engine = None
     try:
-        if sa.inspect(engine).has_table(SchemaInfo.__tablename__):
-            raise StoreError(f"{url}: the database already holds a study; choose a new --db")
+        engine = make_engine(url)
         Base.metadata.create_all(engine)
         Session = _sessionmaker(engine)
         with Session.begin() as session:
@@ -168,13 +182,33 @@ def create_study(db: str | Path, protocol: Protocol | str | Path, *, base_dir: s
             session.flush()
             _add_stimuli(session, study.id, training, training=True)
             study_id = study.id
-    except sa.exc.OperationalError as exc:
-        engine.dispose()
-        raise StoreError(f"{url}: cannot write the database ({exc.orig}); check the path and its permissions") from None
-    except BaseException:
-        engine.dispose()
+    except BaseException as exc:
+        if engine is not None:
+            engine.dispose()
+        if path is not None:
+            _remove_sqlite_files(path)
+        if isinstance(exc, sa.exc.DBAPIError):
+            raise database_error(exc, url) or exc from None
         raise
     return StudyDB(url, engine, Session, study_id, protocol)
+
+
+def _check_empty_server_database(url: str) -> None:
+    """Refuses a server database that already holds a study or tables with panostudy's names (read only)."""
+    engine = read_only_engine(url)
+    try:
+        present = set(sa.inspect(engine).get_table_names()) & set(Base.metadata.tables)
+    except sa.exc.DBAPIError as exc:
+        raise database_error(exc, url) from None
+    finally:
+        engine.dispose()
+    if SchemaInfo.__tablename__ in present:
+        raise StoreError(f"{shown(url)}: the database already holds a study; choose a new --db")
+    if present:
+        raise StoreError(
+            f"{shown(url)}: the database already has tables named like panostudy's ({', '.join(sorted(present))}); "
+            "give an empty database"
+        )
 
 
 def _training_candidates(protocol: Protocol) -> list[Candidate]:
@@ -187,44 +221,66 @@ def _training_candidates(protocol: Protocol) -> list[Candidate]:
 
 
 def open_study(db: str | Path) -> StudyDB:
-    """Opens an existing study database after checking its schema version.
+    """Opens an existing study database after checking, read-only, that it is one of this version.
+
+    Nothing is written to a database before it is known to be a panostudy study of this schema version with
+    every table and column in place: a foreign, empty, truncated or damaged file is refused unchanged.
 
     Raises
     ------
     StoreError
-        If there is no database, it is not writable, not a panostudy database, or of another schema version.
+        If there is no database, it is not writable, not a panostudy database, of another schema version,
+        lacks a table or column, or cannot be reached.
     """
     url = database_url(db)
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if path is not None:
         _check_writable(path, creating=False)
-    engine = _make_engine(url)
+        check_sqlite_file(path)
+    checker = read_only_engine(url)
     try:
-        if not sa.inspect(engine).has_table(SchemaInfo.__tablename__):
-            raise StoreError(f"{url}: not a panostudy study database (no schema_info table); create one with 'panostudy study init'")
-        Session = _sessionmaker(engine)
-        with Session() as session:
-            version = session.scalar(sa.select(sa.func.max(SchemaInfo.version)))
-            if version is None or version != SCHEMA_VERSION:
-                newer = version is not None and version > SCHEMA_VERSION
-                fix = "upgrade panostudy" if newer else "re-create it with this panostudy"
-                raise StoreError(
-                    f"{url}: schema_info.version is {version}, this panostudy reads version {SCHEMA_VERSION}; {fix}"
-                )
-            study = session.scalars(sa.select(Study)).one_or_none()
-            if study is None:
-                raise StoreError(f"{url}: the database holds no study; create one with 'panostudy study init'")
-            # The training panoramas are in the stimulus table already; they need not be where they were at init.
-            protocol = parse_protocol(
-                study.protocol_text, source=study.protocol_source, base_dir=study.protocol_base_dir, check_files=False
+        study_id, protocol = _read_study(checker, url)
+    except sa.exc.DBAPIError as exc:
+        raise database_error(exc, url) from None
+    finally:
+        checker.dispose()
+    engine = make_engine(url)
+    return StudyDB(url, engine, _sessionmaker(engine), study_id, protocol)
+
+
+def _read_study(engine: sa.Engine, url: str) -> tuple[int, Protocol]:
+    """(study id, protocol) of a database that is a complete study of this schema version."""
+    name = shown(url)
+    inspector = sa.inspect(engine)
+    tables = set(inspector.get_table_names())
+    if SchemaInfo.__tablename__ not in tables:
+        raise StoreError(f"{name}: not a panostudy study database (no schema_info table); create one with 'panostudy study init'")
+    with engine.connect() as connection:
+        version = connection.scalar(sa.select(sa.func.max(SchemaInfo.__table__.c.version)))
+    if version is None or version != SCHEMA_VERSION:
+        newer = version is not None and version > SCHEMA_VERSION
+        fix = "upgrade panostudy" if newer else "re-create it with this panostudy"
+        raise StoreError(f"{name}: schema_info.version is {version}, this panostudy reads version {SCHEMA_VERSION}; {fix}")
+    for table in Base.metadata.sorted_tables:
+        if table.name not in tables:
+            raise StoreError(f"{name}: table '{table.name}' is missing; the database is damaged, restore it from a backup")
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [column.name for column in table.columns if column.name not in present]
+        if missing:
+            raise StoreError(
+                f"{name}: table '{table.name}' lacks column(s) {', '.join(missing)}; the database is damaged, "
+                "restore it from a backup"
             )
-    except sa.exc.OperationalError as exc:
-        engine.dispose()
-        raise StoreError(f"{url}: cannot read the database ({exc.orig}); is it a SQLite study file?") from None
-    except BaseException:
-        engine.dispose()
-        raise
-    return StudyDB(url, engine, Session, study.id, protocol)
+    Session = _sessionmaker(engine)
+    with Session() as session:
+        study = session.scalars(sa.select(Study)).one_or_none()
+        if study is None:
+            raise StoreError(f"{name}: the database holds no study; create one with 'panostudy study init'")
+        # The training panoramas are in the stimulus table already; they need not be where they were at init.
+        protocol = parse_protocol(
+            study.protocol_text, source=study.protocol_source, base_dir=study.protocol_base_dir, check_files=False
+        )
+        return study.id, protocol
 
 
 def _add_stimuli(session: so.Session, study_id: int, images: list[CheckedImage], *, training: bool) -> None:
@@ -286,23 +342,43 @@ def import_stimuli(
                 f"{candidate.origin}: scene '{candidate.scene}' is not in the protocol's scenes "
                 f"({', '.join(db.protocol.scenes)}); rename the folder/entry or pass --scene"
             )
+    _refuse_two_scenes(candidates)
     with db.Session() as session:
-        known = dict(session.execute(sa.select(Stimulus.path, Stimulus.sha256).where(Stimulus.study_id == db.study_id)).all())
+        stored = session.execute(
+            sa.select(Stimulus.path, Stimulus.sha256, Stimulus.scene, Stimulus.training).where(Stimulus.study_id == db.study_id)
+        ).all()
+    known = {path: (sha, stored_scene) for path, sha, stored_scene, _ in stored}
+    # One image is one stimulus: the same content under a second path (or scene) would be counted twice.
+    by_content = {sha: (stored_scene, path) for path, sha, stored_scene, flag in stored if flag == training}
     checked: dict[Path, CheckedImage] = {}
+    seen: set[Path] = set()
     already = 0
     for number, candidate in enumerate(candidates, start=1):
-        if candidate.path in checked:
+        if candidate.path in seen:  # listed twice under the same scene: one stimulus
             continue
+        seen.add(candidate.path)
         image = check_image(candidate, allow_downscale=downscale_into is not None)
-        stored = known.get(str(candidate.path))
-        if stored is not None:
-            if stored != image.sha256:
+        previous = known.get(str(candidate.path))
+        if previous is not None:
+            if previous[0] != image.sha256:
                 raise StimulusError(
                     f"{candidate.origin}: {candidate.path} changed since it was imported (sha256 differs); "
                     "save the new version under a new name"
                 )
+            if previous[1] != candidate.scene:
+                raise StimulusError(
+                    f"{candidate.where}: the image is in the study under scene '{previous[1]}' already; "
+                    "an image belongs to one scene, so fix the folder/entry or import a copy of another image"
+                )
             already += 1
         else:
+            twin = by_content.get(image.sha256)
+            if twin is not None:
+                raise StimulusError(
+                    f"{candidate.where}: the same image (identical content) as {twin[1]} "
+                    f"under scene '{twin[0]}'; list each image once, under one scene"
+                )
+            by_content[image.sha256] = (candidate.scene, str(candidate.path))
             checked[candidate.path] = image
         if progress is not None:
             progress(number, len(candidates))
@@ -311,6 +387,17 @@ def import_stimuli(
     with db.Session.begin() as session:
         _add_stimuli(session, db.study_id, fresh, training=training)
     return ImportReport(len(fresh), already, dict(Counter(image.candidate.scene for image in fresh)))
+
+
+def _refuse_two_scenes(candidates: list[Candidate]) -> None:
+    first: dict[Path, Candidate] = {}
+    for candidate in candidates:
+        earlier = first.setdefault(candidate.path, candidate)
+        if earlier.scene != candidate.scene:
+            raise StimulusError(
+                f"{candidate.where}: listed under scene '{candidate.scene}' here and under "
+                f"'{earlier.scene}' at {earlier.origin}; list each image under one scene"
+            )
 
 
 def add_participant(
@@ -334,6 +421,23 @@ def add_participant(
         )
     if age is not None and not 0 < age < 130:
         raise StoreError(f"--age {age} is not an age in years; leave it out if unknown")
+    # Concurrent enrolments may pick the same next number: the unique keys decide, and the loser retries.
+    # SQLite refuses a transaction whose snapshot another writer has overtaken at once ("locked"); a lock
+    # that is simply held was already waited for (busy_timeout), so the retries stop at the same bound.
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    attempt = 0
+    while True:
+        try:
+            return _enrol_once(db, code, age=age, gender=gender, vision_correction=vision_correction)
+        except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
+            attempt += 1
+            conflict = isinstance(exc, sa.exc.IntegrityError) or "locked" in str(exc.orig).lower()
+            if not conflict or attempt >= ENROL_ATTEMPTS or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05) * attempt)
+
+
+def _enrol_once(db: StudyDB, code: str, **demographics) -> Participant:
     with db.Session.begin() as session:
         exists = session.scalar(
             sa.select(Participant.id).where(Participant.study_id == db.study_id, Participant.code == code)
@@ -343,9 +447,7 @@ def add_participant(
         number = session.scalar(
             sa.select(sa.func.coalesce(sa.func.max(Participant.number) + 1, 0)).where(Participant.study_id == db.study_id)
         )
-        participant = Participant(
-            study_id=db.study_id, code=code, number=number, age=age, gender=gender, vision_correction=vision_correction
-        )
+        participant = Participant(study_id=db.study_id, code=code, number=number, **demographics)
         session.add(participant)
     return participant
 
@@ -360,28 +462,159 @@ def get_participant(session: so.Session, db: StudyDB, code: str) -> Participant:
     return participant
 
 
-def delete_participant(db: StudyDB, code: str) -> None:
+@dataclass(frozen=True)
+class ErasureReport:
+    """What :func:`delete_participant` erased and verified.
+
+    Attributes
+    ----------
+    deleted : bool
+        The participant's rows were deleted now (False: a repeat that only finished an earlier erasure).
+    verified_files : tuple of Path
+        SQLite files searched for the participant's code and free-text fields afterwards, and found clean.
+    remaining : str or None
+        What is still physically stored elsewhere (PostgreSQL heap files and WAL) and how to complete it.
+    """
+
+    deleted: bool
+    verified_files: tuple[Path, ...]
+    remaining: str | None
+
+
+#: Tables a participant's data lives in (for VACUUM FULL on PostgreSQL).
+PARTICIPANT_TABLES = ("participant", "session", "trial", "answer", "ssq_answer", "step_done", "pose_sample", "event")
+
+
+def delete_participant(db: StudyDB, code: str, *, wait_s: float = 10.0, vacuum_full: bool = False) -> ErasureReport:
     """Removes every trace of one participant (data protection): sessions, answers, SSQ, poses, events.
 
-    SQLite's ``secure_delete`` overwrites the freed pages and a WAL checkpoint truncates the log, so the
-    removed data does not linger in the file either.
+    On SQLite, ``secure_delete`` zeroes the freed pages and a ``wal_checkpoint(TRUNCATE)`` moves them into
+    the main file and empties the WAL; then both files are searched for the participant's code and
+    free-text fields. The checkpoint waits up to ``wait_s`` for readers (another process holding a read
+    transaction keeps old pages alive); if it cannot complete, the rows are deleted but the erasure is
+    reported unfinished, naming the reader, and running the command again completes it.
+
+    On PostgreSQL the rows are deleted, but their old versions stay in the tables' files until ``VACUUM
+    FULL`` rewrites them (``vacuum_full=True`` runs it), and in the server's write-ahead log until it is
+    recycled; :attr:`ErasureReport.remaining` says so.
 
     Raises
     ------
     StoreError
-        If no participant has this code.
+        If no participant has this code (and nothing of it is left in the files), or the erasure cannot be
+        completed because a reader blocks the checkpoint.
     """
+    path = sqlite_file(db.url)
+    traces = _traces(db, code)
+    deleted = traces is not None
+    if not deleted:
+        # A repeat finishes an earlier erasure: the WAL checkpoint on SQLite, VACUUM FULL on a server.
+        unfinished = _files_holding(path, [code]) if path is not None else vacuum_full
+        if not unfinished:
+            where = "the database files" if path is not None else "the database"
+            raise StoreError(
+                f"participant {code!r} is not enrolled, and nothing of that code is left in {where}; "
+                "check the code (nothing was deleted)"
+            )
+        traces = [code]
     with db.engine.connect() as connection:
-        if db.engine.dialect.name == "sqlite":
+        if path is not None:
             connection.exec_driver_sql("PRAGMA secure_delete=ON")
-        with so.Session(bind=connection) as session, session.begin():
-            participant = get_participant(session, db, code)
-            # Core delete: the foreign keys cascade in the database, without loading pose samples.
-            session.execute(sa.delete(Participant).where(Participant.id == participant.id))
-        connection.commit()
-        if db.engine.dialect.name == "sqlite":
-            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-            connection.exec_driver_sql("PRAGMA secure_delete=OFF")
+        if deleted:
+            with so.Session(bind=connection) as session, session.begin():
+                participant = get_participant(session, db, code)
+                # Core delete: the foreign keys cascade in the database, without loading pose samples.
+                session.execute(sa.delete(Participant).where(Participant.id == participant.id))
+            connection.commit()
+        if path is None:
+            return ErasureReport(deleted, (), _finish_server_erasure(db, vacuum_full))
+        _checkpoint(connection, path, code, wait_s)
+        connection.exec_driver_sql("PRAGMA secure_delete=OFF")
+    found = _files_holding(path, traces)
+    if found:
+        raise StoreError(
+            f"{path}: participant {code!r} was deleted but {', '.join(p.name for p in found)} still hold(s) their "
+            "data; run 'panostudy study delete-participant' again, and report this if it persists"
+        )
+    files = tuple(p for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+    return ErasureReport(deleted, files, None)
+
+
+def _traces(db: StudyDB, code: str) -> list[str] | None:
+    """The participant's code and free-text values to search the files for (None: not enrolled).
+
+    Values another participant shares (a gender, a common withdrawal reason) stay legitimately in the file,
+    so only the code and values unique to this participant are searched."""
+    with db.Session() as session:
+        participant = session.scalars(
+            sa.select(Participant).where(Participant.study_id == db.study_id, Participant.code == code)
+        ).one_or_none()
+        if participant is None:
+            return None
+        texts = {participant.gender, participant.vision_correction}
+        texts |= set(session.scalars(sa.select(StudySession.withdraw_reason).where(StudySession.participant_id == participant.id)))
+        unique = [code]
+        for text in sorted(t for t in texts if t and len(t) >= 4):
+            shared = session.scalar(
+                sa.select(sa.func.count()).select_from(Participant).outerjoin(StudySession)
+                .where(Participant.id != participant.id)
+                .where(sa.or_(Participant.gender == text, Participant.vision_correction == text,
+                              StudySession.withdraw_reason == text))
+            )
+            if not shared:
+                unique.append(text)
+        return unique
+
+
+def _files_holding(path: Path, texts: list[str]) -> list[Path]:
+    """The database file and WAL among those that contain any of ``texts`` (UTF-8 bytes)."""
+    needles = [t.encode("utf-8") for t in texts]
+    found = []
+    for file in (path, path.with_name(path.name + "-wal")):
+        if not file.exists() or file.stat().st_size == 0:
+            continue
+        with open(file, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if any(data.find(needle) >= 0 for needle in needles):
+                found.append(file)
+    return found
+
+
+def _checkpoint(connection: sa.Connection, path: Path, code: str, wait_s: float) -> None:
+    """Runs ``wal_checkpoint(TRUNCATE)`` until it completes or ``wait_s`` passes (readers block it)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        busy, log, moved = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+        if not busy and log == moved:
+            return
+        if time.monotonic() >= deadline:
+            holders = sqlite_lock_holders(path)
+            who = "; ".join(holders) if holders else "another connection"
+            raise StoreError(
+                f"{path}: participant {code!r}'s rows are deleted, but copies of them stay in {path.name}-wal while "
+                f"{who} keeps the database open for reading; close it, then run "
+                f"'panostudy study delete-participant --code {code} --yes' again to finish the erasure"
+            )
+        time.sleep(0.2)
+
+
+def _finish_server_erasure(db: StudyDB, vacuum_full: bool) -> str:
+    tables = ", ".join(PARTICIPANT_TABLES)
+    if not vacuum_full:
+        return (
+            f"the rows are deleted and no query returns them, but PostgreSQL keeps their old versions in the "
+            f"files of the tables {tables} until VACUUM FULL rewrites them, and in the server's write-ahead "
+            "log (and any backups or replicas) until those are recycled; to remove them from the table files "
+            "run the command again with --vacuum-full (it locks those tables exclusively while it rewrites "
+            "them, so no session can run meanwhile, and needs free disk space about their size)"
+        )
+    started = time.monotonic()
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as autocommit:
+        autocommit.exec_driver_sql(f"VACUUM FULL {tables}")
+    return (
+        f"VACUUM FULL rewrote the tables {tables} in {time.monotonic() - started:.1f} s, so their files no longer "
+        "hold the rows; the server's write-ahead log (and any backups or replicas) keeps them until those are "
+        "recycled, which panostudy cannot force"
+    )
 
 
 def session_status_counts(db: StudyDB) -> dict[str, int]:

@@ -14,7 +14,7 @@ from importlib import resources
 import numpy as np
 
 from study.errors import StimulusError
-from study.stimuli import MAX_WIDTH
+from study.stimuli import MAX_WIDTH, NEUTRAL_GREY_SRGB
 from viewer.camera import Tangents, projection_matrix, view_matrix
 from viewer.textures import (
     GL_SRGB8_ALPHA8,
@@ -24,8 +24,8 @@ from viewer.textures import (
     allocate_stimulus_texture,
 )
 
-#: sRGB code of the neutral grey shown between stimuli and behind the panel.
-GREY_SRGB = 128
+#: sRGB code of the neutral grey shown between stimuli and behind the panel (and behind transparent pixels).
+GREY_SRGB = NEUTRAL_GREY_SRGB
 
 
 def srgb_to_linear(code: float) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from study.errors import StimulusError
-from study.stimuli import MAX_WIDTH
+from study.stimuli import MAX_WIDTH, check_size, open_image, srgb8
 
 #: GL internal formats (sized, so every driver accepts them).
 GL_SRGB8 = 0x8C41
@@ -49,7 +49,10 @@ _TO_SRGB = _linear16_to_srgb()
 
 
 def decode_stimulus(path: str | Path, *, max_width: int = MAX_WIDTH, downscale: bool = False) -> np.ndarray:
-    """Reads an equirect stimulus as ``(H, W, 3) uint8`` sRGB, checking it first.
+    """Reads an equirect stimulus as ``(H, W, 3) uint8`` sRGB, checking its header size first.
+
+    Every image mode is converted as :func:`study.stimuli.srgb8` describes (16-bit grey scaled, alpha
+    composited over the neutral grey, CMYK converted).
 
     Parameters
     ----------
@@ -65,29 +68,20 @@ def decode_stimulus(path: str | Path, *, max_width: int = MAX_WIDTH, downscale: 
     StimulusError
         If the file is missing or unreadable, not 2:1, or too large and ``downscale`` is False.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     path = Path(path)
-    if not path.exists():
-        raise StimulusError(f"{path}: stimulus file not found; check the path")
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width != 2 * height:
-                raise StimulusError(
-                    f"{path}: {width}x{height} is not 2:1 equirectangular; stimuli must be exactly twice as wide as high"
-                )
-            if width > max_width and not downscale:
-                raise StimulusError(
-                    f"{path}: {width}x{height} exceeds the {max_width}x{max_width // 2} texture limit; "
-                    "downscale the image or pass --downscale"
-                )
-            image = image.convert("RGB")
-            if width > max_width:
-                image = image.resize((max_width, max_width // 2), Image.Resampling.LANCZOS)
-            return np.asarray(image)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        raise StimulusError(f"{path}: unreadable image ({exc}); re-export it as PNG or JPEG") from None
+    with open_image(path) as image:
+        width, height = image.size
+        check_size(str(path), width, height, max_width=max_width, allow_downscale=downscale,
+                   limit=f"the {max_width}x{max_width // 2} texture limit", fix="downscale the image or pass --downscale")
+        try:
+            pixels = srgb8(image, str(path))
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise StimulusError(f"{path}: unreadable image ({exc}); re-export it as PNG or JPEG") from None
+    if width > max_width:
+        pixels = np.asarray(Image.fromarray(pixels).resize((max_width, max_width // 2), Image.Resampling.LANCZOS))
+    return pixels
 
 
 def mip_chain(image: np.ndarray) -> list[np.ndarray]:

@@ -2,27 +2,61 @@
 
 Commands are thin: they parse arguments, call library functions and render results. Each command module
 imports torch, diffusers and OpenGL inside its functions so that ``panostudy --help`` stays light.
+
+Every failure a user can cause ends here as one line on stderr and exit code 2 (:mod:`panostudy.cli._errors`
+says which failures those are); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 from typer.core import TyperGroup
 
-from study.errors import PanostudyError
+#: Files and folders the command creates are the owner's only: studies hold participant data.
+PRIVATE_UMASK = 0o077
 
 
 class _OneLineErrors(TyperGroup):
-    """Turns a :class:`PanostudyError` from any subcommand into one line on stderr and exit code 2."""
+    """Runs a command with a private umask and turns every user-caused failure into one line and exit code 2."""
 
-    def invoke(self, ctx):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = sys.argv[1:] if args is None else list(args)
+        previous = os.umask(PRIVATE_UMASK)
         try:
-            return super().invoke(ctx)
-        except PanostudyError as exc:
-            from panostudy.cli._console import err_console
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            code = 1
+        except Exception as exc:  # noqa: BLE001  (sorted below: user errors become a line, bugs re-raise)
+            code = _report(exc, args)
+        finally:
+            os.umask(previous)
+        if standalone_mode:
+            sys.exit(code or 0)
+        return code
 
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+
+def _report(exc: Exception, args: list[str]) -> int:
+    """Shows a user-caused failure on stderr and returns exit code 2; re-raises a bug."""
+    from panostudy.cli._errors import user_error_line
+
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `panostudy study` alone: the group's help
+        # With rich help, building the message has printed it already and left the message empty.
+        if exc.format_message().strip():
+            typer.echo(exc.format_message(), err=True)
+        return 2
+    line = user_error_line(exc, args)
+    if line is None:
+        raise exc
+    from rich.markup import escape
+
+    from panostudy.cli._console import err_console
+
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    return 2
 
 
 app = typer.Typer(

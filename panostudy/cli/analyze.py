@@ -23,6 +23,14 @@ class Screening(str, Enum):
 _TEXT_COLUMNS = ("study", "protocol_hash", "participant", "stimulus", "stimulus_sha256", "scene", "scale", "item", "phase")
 
 
+# Numeric columns of each export (integer, float); a cell that is not a number is named by file, column and row.
+_NUMERIC_COLUMNS = {
+    "--answers": (("session", "trial_index", "value", "scale_min", "scale_max"), ("response_time_s",)),
+    "--ssq": (("session", "item", "value"), ()),
+    "--poses": (("session", "trial_index"), ("t", "yaw_deg", "pitch_deg", "roll_deg")),
+}
+
+
 def _read_table(path: Path, option: str):
     import pandas as pd
 
@@ -31,12 +39,37 @@ def _read_table(path: Path, option: str):
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            return pd.read_csv(path, dtype=dict.fromkeys(_TEXT_COLUMNS, str))
-        if suffix == ".parquet":
-            return pd.read_parquet(path)
+            frame = pd.read_csv(path, dtype=dict.fromkeys(_TEXT_COLUMNS, str))
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            raise AnalysisError(f"{option} {path}: unknown format '{suffix}'; give a .csv or .parquet file")
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise AnalysisError(f"{option} {path}: cannot be read ({str(exc).splitlines()[0]}); export it again") from None
-    raise AnalysisError(f"{option} {path}: unknown format '{suffix}'; give a .csv or .parquet file")
+    _check_numbers(frame, path, option, first_row=2 if suffix == ".csv" else 1)
+    return frame
+
+
+def _check_numbers(frame, path: Path, option: str, first_row: int) -> None:
+    import numpy as np
+    import pandas as pd
+
+    integers, floats = _NUMERIC_COLUMNS[option]
+    for column in (*integers, *floats):
+        if column not in frame.columns or frame.empty:
+            continue
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = (numbers.isna() & frame[column].notna()) | ~np.isfinite(numbers.fillna(0))
+        if column in integers:
+            bad |= numbers.notna() & (numbers != numbers.round())
+        if bad.any():
+            position = int(np.flatnonzero(bad.to_numpy())[0])
+            kind = "an integer" if column in integers else "a finite number"
+            where = "line" if first_row == 2 else "row"
+            raise AnalysisError(
+                f"{option} {path}: column '{column}' holds {frame[column].iloc[position]!r} at {where} "
+                f"{position + first_row}; every cell must be {kind}, fix it or export the file again"
+            )
 
 
 def _load_db(db: str):

@@ -89,6 +89,8 @@ def _run_or_resume(mode: Literal["run", "resume"], db, participant, backend, dri
     scripted = _scripted_driver(driver, simulate, pace)
     _check_backend(backend, scripted)
     with open_study(db) as study:
+        if scripted is not None:
+            scripted.check(study.protocol)
         engine = SessionEngine.start(study, participant) if mode == "run" else SessionEngine.resume(study, participant)
         _drive(engine, backend, scripted)
 

@@ -35,7 +35,7 @@ def init(
     with create_study(db, protocol if protocol is not None else DEFAULT_PROTOCOL) as study:
         loaded = study.protocol
         console.print(
-            f"created study [bold]{loaded.name}[/] ({loaded.version}, protocol sha256 {loaded.sha256[:12]}) in {study.url}",
+            f"created study [bold]{loaded.name}[/] ({loaded.version}, protocol sha256 {loaded.sha256[:12]}) in {study.shown_url}",
             soft_wrap=True,
         )
 
@@ -90,6 +90,9 @@ def delete_participant(
     db: DbOption,
     code: CodeOption,
     yes: Annotated[bool, typer.Option("--yes", help="Confirm that all of this participant's data is deleted.")] = False,
+    vacuum_full: Annotated[
+        bool, typer.Option("--vacuum-full", help="PostgreSQL: also rewrite the tables (VACUUM FULL) so their files no longer hold the rows.")
+    ] = False,
 ) -> None:
     """Delete every record of one participant (data protection); this cannot be undone."""
     from study.errors import PanostudyError
@@ -99,8 +102,14 @@ def delete_participant(
     if not yes:
         raise PanostudyError(f"deleting participant {code!r} removes all their data for good; add --yes to confirm")
     with open_study(db) as study:
-        remove(study, code)
-    console.print(f"deleted participant {code} and all their data")
+        report = remove(study, code, vacuum_full=vacuum_full)
+    done = "deleted participant" if report.deleted else "finished erasing participant"
+    console.print(f"{done} {code} and all their data", soft_wrap=True)
+    if report.verified_files:
+        names = " and ".join(p.name for p in report.verified_files)
+        console.print(f"verified: {names} hold nothing of {code}", highlight=False, soft_wrap=True)
+    if report.remaining:
+        console.print(f"[bold yellow]note:[/] {report.remaining}", highlight=False, soft_wrap=True)
 
 
 @study_app.command("export")
@@ -111,20 +120,23 @@ def export(
     poses: Annotated[Optional[Path], typer.Option("--poses", help="Also write head pose samples (.csv or .parquet).")] = None,
 ) -> None:
     """Write every answer in long format (one row per answer; training rows flagged)."""
-    from study.export import check_output_path, load_answers, load_poses, load_ssq, write_frame
+    from study.export import check_output_path, load_answers, load_poses, load_ssq, write_frames
+    from study.outputs import check_distinct
     from study.store import open_study
 
-    for path in (out, ssq, poses):
-        if path is not None:
-            check_output_path(path)
+    outputs = [(option, path) for option, path in (("--out", out), ("--ssq", ssq), ("--poses", poses)) if path is not None]
+    for option, path in outputs:
+        check_output_path(path, option)
+    check_distinct(outputs)
     with open_study(db) as study:
-        frames = [(out, load_answers(study))]
+        frames = [(load_answers(study), out)]
         if ssq is not None:
-            frames.append((ssq, load_ssq(study)))
+            frames.append((load_ssq(study), ssq))
         if poses is not None:
-            frames.append((poses, load_poses(study)))
-    for path, frame in frames:
-        write_frame(frame, path)
+            frames.append((load_poses(study), poses))
+    # All files or none: a failure writing the last one leaves the earlier ones unwritten too.
+    write_frames(frames)
+    for frame, path in frames:
         console.print(f"wrote {len(frame)} rows to {path}", soft_wrap=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,20 +25,22 @@ def view(
     downscale: Annotated[bool, typer.Option(help="Shrink images above 8192x4096 instead of refusing them.")] = False,
 ) -> None:
     """Show IMAGE as the participant would see it."""
-    _check(backend, out, pitch, fov, width, height)
+    _check(backend, out, yaw, pitch, fov, width, height)
     if backend == "headless":
         _render_to_file(image, out, yaw, pitch, fov, width, height, downscale)
     else:
         _show_in_window(image, yaw, pitch, fov, width, height, downscale)
 
 
-def _check(backend: str, out: Path | None, pitch: float, fov: float, width: int, height: int) -> None:
+def _check(backend: str, out: Path | None, yaw: float, pitch: float, fov: float, width: int, height: int) -> None:
     if backend not in ("desktop", "headless"):
         raise PanostudyError(f"--backend {backend!r}: choose desktop or headless (the headset is for 'panostudy session run')")
     if backend == "headless" and out is None:
         raise PanostudyError("--backend headless renders to a file; pass --out view.png")
     if backend == "desktop" and out is not None:
         raise PanostudyError("--out works with --backend headless only; drop it or add --backend headless")
+    if not math.isfinite(yaw):
+        raise PanostudyError(f"--yaw {yaw:g}: must be a finite number of degrees")
     if not -90.0 <= pitch <= 90.0:
         raise PanostudyError(f"--pitch {pitch:g}: must be within -90..90 degrees")
     if not 1.0 <= fov < 180.0:

@@ -107,9 +107,10 @@ def at(seconds: float) -> datetime:
     return datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc) + timedelta(seconds=seconds)
 
 
-def make_study(folder: Path, *, participants=("P01", "P02"), per_scene: int = 2, **protocol_options):
-    """A study database in ``folder`` with stimuli imported and participants enrolled (open; close it)."""
-    db = create_study(folder / "study.sqlite", write_protocol(folder, **protocol_options))
+def make_study(folder: Path, *, participants=("P01", "P02"), per_scene: int = 2, db=None, **protocol_options):
+    """A study database (``db``, default ``folder/study.sqlite``) with stimuli imported and participants
+    enrolled, files in ``folder`` (open; close it)."""
+    db = create_study(db if db is not None else folder / "study.sqlite", write_protocol(folder, **protocol_options))
     import_stimuli(db, write_stimuli(folder / "stimuli", per_scene=per_scene))
     for code in participants:
         add_participant(db, code)
@@ -117,7 +118,8 @@ def make_study(folder: Path, *, participants=("P01", "P02"), per_scene: int = 2,
 
 
 @pytest.fixture
-def study_db(tmp_path):
-    db = make_study(tmp_path)
+def study_db(tmp_path, db_target):
+    """A small study on each store: SQLite and PostgreSQL (``db_target`` is in tests/conftest.py)."""
+    db = make_study(tmp_path, db=db_target(tmp_path))
     yield db
     db.close()

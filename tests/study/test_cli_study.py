@@ -102,11 +102,13 @@ def test_bad_participants_and_answers_exit_2(study, tmp_path):
     (tmp_path / "answers.json").write_text(json.dumps({"ssq/pre/1": 0, "ssq/pre/2": 7}))
     result = invoke("session", "run", "--db", study, "--participant", "P01", "--backend", "none",
                     "--driver", tmp_path / "answers.json")
-    one_line_error(result, "ssq/pre/2", "value 7 is out of the scale's range 0..3")
+    # The answer file is checked against the protocol before the session is written.
+    one_line_error(result, "answers.json: row 2 (ssq/pre/2)", "value 7 is out of the scale's range 0..3")
+    assert count(study, StudySession) == 0
     (tmp_path / "fixed.json").write_text(json.dumps({"ssq/pre/1": 3, "ssq/pre/2": 1}))
-    result = invoke("session", "resume", "--db", study, "--participant", "P01", "--backend", "none",
+    result = invoke("session", "run", "--db", study, "--participant", "P01", "--backend", "none",
                     "--driver", tmp_path / "fixed.json")
-    # The first answer was committed before the bad one: it is kept, and the replay stops at ssq/pre/3.
+    # The answers it has are committed; the replay stops at the first step it has no answer for.
     one_line_error(result, "fixed.json", "no answer for step 'ssq/pre/3'")
     one_line_error(invoke("session", "run", "--db", study, "--participant", "P02", "--backend", "none"),
                    "--backend none has nobody to answer")

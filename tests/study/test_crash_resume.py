@@ -44,7 +44,7 @@ print("done", flush=True)
 """
 
 
-def snapshot(db_path: Path) -> tuple[dict, list, dict]:
+def snapshot(db_path: Path | str) -> tuple[dict, list, dict]:
     """(answers by key, planned trials, pose samples per trial) as stored."""
     db = open_study(db_path)
     try:
@@ -79,15 +79,16 @@ def snapshot(db_path: Path) -> tuple[dict, list, dict]:
         db.close()
 
 
-def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(tmp_path):
+def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(tmp_path, db_target):
     reference_dir, torture_dir = tmp_path / "reference", tmp_path / "torture"
     reference_dir.mkdir()
     torture_dir.mkdir()
-    db = make_study(reference_dir, participants=("P01",))
+    reference_db = db_target(reference_dir)
+    db = make_study(reference_dir, participants=("P01",), db=reference_db)
     ScriptedDriver(RaterModel(RATER_SEED)).run(SessionEngine.start(db, "P01"))
     db.close()
-    make_study(torture_dir, participants=("P01",)).close()
-    db_path = torture_dir / "study.sqlite"
+    db_path = db_target(torture_dir)
+    make_study(torture_dir, participants=("P01",), db=db_path).close()
 
     rng = np.random.default_rng(2026)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -124,7 +125,7 @@ def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(tmp_path)
 
     assert kills >= 20 and finished
     answers, trials, torture = snapshot(db_path)
-    expected, reference_plan, reference = snapshot(reference_dir / "study.sqlite")
+    expected, reference_plan, reference = snapshot(reference_db)
     assert torture["status"] == "completed"
     assert trials == reference_plan == plan
     assert answers == expected

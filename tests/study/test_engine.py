@@ -117,7 +117,7 @@ def test_resume_continues_at_the_first_unanswered_step(study_db, tmp_path):
     engine = SessionEngine.start(study_db, "P01")
     answer(engine, 30)
     expected = engine.current()
-    reopened = open_study(tmp_path / "study.sqlite")
+    reopened = open_study(study_db.url)
     try:
         resumed = SessionEngine.resume(reopened, "P01")
         assert resumed.current() == expected
@@ -130,8 +130,8 @@ def test_resume_continues_at_the_first_unanswered_step(study_db, tmp_path):
         reopened.close()
 
 
-def test_minutes_rule_inserts_a_break_from_stored_times(tmp_path):
-    db = make_study(tmp_path, breaks="every_minutes = 1.0", participants=("P01",))
+def test_minutes_rule_inserts_a_break_from_stored_times(tmp_path, db_target):
+    db = make_study(tmp_path, breaks="every_minutes = 1.0", participants=("P01",), db=db_target(tmp_path))
     try:
         engine = SessionEngine.start(db, "P01")
         while engine.current().training or engine.current().kind != "stimulus":

@@ -12,15 +12,18 @@ from study.errors import PanostudyError, SessionError
 from study.export import ANSWER_COLUMNS, export_answers, load_answers, load_poses, load_ssq, read_answers
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """Two participants who completed the tiny protocol with the seeded rater model."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def finished(request, tmp_path_factory):
+    """Two participants who completed the tiny protocol with the seeded rater model, on each store."""
     folder = tmp_path_factory.mktemp("export")
-    db = make_study(folder)
+    target = folder / "study.sqlite"
+    if request.param == "postgresql":
+        target = request.getfixturevalue("postgres_server").create_database()
+    db = make_study(folder, db=target)
     for code in ("P01", "P02"):
         ScriptedDriver(RaterModel(5), motion_seed=2).run(SessionEngine.start(db, code))
     db.close()
-    return folder / "study.sqlite"
+    return target
 
 
 def test_answers_have_the_contract_columns_and_one_row_per_answer(finished):

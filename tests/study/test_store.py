@@ -23,8 +23,8 @@ def rows(db, model) -> int:
         return session.scalar(sa.select(sa.func.count()).select_from(model))
 
 
-def test_sqlite_connections_are_wal_with_foreign_keys_and_full_sync(study_db):
-    with study_db.engine.connect() as connection:
+def test_sqlite_connections_are_wal_with_foreign_keys_and_full_sync(tmp_path):
+    with make_study(tmp_path) as db, db.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
@@ -105,7 +105,7 @@ def test_init_imports_the_protocol_training_panoramas(study_db):
 def test_bad_stimuli_are_refused_and_nothing_is_written(study_db, tmp_path):
     before = rows(study_db, Stimulus)
     folder = tmp_path / "bad"
-    write_panorama(folder / "street" / "ok.png")
+    write_panorama(folder / "street" / "ok.png", seed=123)
     write_panorama(folder / "street" / "square.png", width=32, height=32)
     with pytest.raises(StimulusError, match=r"square.png: 32x32 is not 2:1"):
         import_stimuli(study_db, folder)
@@ -172,17 +172,22 @@ def test_participants_are_pseudonymous_and_unique(study_db):
 def test_delete_participant_removes_all_their_data_only(study_db, tmp_path):
     from study.driver import RaterModel, ScriptedDriver
 
-    add_participant(study_db, "Xq7-erase-me")
+    add_participant(study_db, "Xq7-erase-me", gender="Xq7-gender-text")
     for code in ("Xq7-erase-me", "P02"):
         ScriptedDriver(RaterModel(1)).run(SessionEngine.start(study_db, code))
     counts = {model: rows(study_db, model) for model in (Answer, SsqAnswer, PoseSample, StepDone, Trial, Event)}
-    delete_participant(study_db, "Xq7-erase-me")
+    report = delete_participant(study_db, "Xq7-erase-me")
     for model, total in counts.items():
         assert rows(study_db, model) == total // 2, model
     with study_db.Session() as session:
         assert session.scalars(sa.select(Participant.code).order_by(Participant.code)).all() == ["P01", "P02"]
         assert rows(study_db, StudySession) == 1
-    # secure_delete and the WAL checkpoint leave no copy of the code in the files.
-    assert not [p.name for p in tmp_path.glob("study.sqlite*") if b"Xq7-erase-me" in p.read_bytes()]
+    if study_db.engine.dialect.name == "sqlite":
+        # secure_delete and the WAL checkpoint leave no copy of the code or the free text in the files.
+        assert [p.name for p in report.verified_files] == ["study.sqlite", "study.sqlite-wal"]
+        assert not [p.name for p in tmp_path.glob("study.sqlite*") if b"Xq7-" in p.read_bytes()]
+        assert report.remaining is None
+    else:
+        assert report.verified_files == () and "VACUUM FULL" in report.remaining and "write-ahead log" in report.remaining
     with pytest.raises(StoreError, match="'Xq7-erase-me' is not enrolled"):
         delete_participant(study_db, "Xq7-erase-me")

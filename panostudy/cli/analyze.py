@@ -28,6 +28,7 @@ _NUMERIC_COLUMNS = {
     "--answers": (("session", "trial_index", "value", "scale_min", "scale_max"), ("response_time_s",)),
     "--ssq": (("session", "item", "value"), ()),
     "--poses": (("session", "trial_index"), ("t", "yaw_deg", "pitch_deg", "roll_deg")),
+    "--gaze": (("session", "trial_index"), ("t", "yaw_deg", "pitch_deg")),
 }
 
 

@@ -31,6 +31,21 @@ def _require(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
         )
 
 
+def require_finite(frame: pd.DataFrame, column: str, where: str) -> None:
+    """Refuses a frame whose ``column`` is missing or holds NaN / infinite values (one line naming the first)."""
+    if column not in frame.columns:
+        raise AnalysisError(f"{where}: the answers lack the column '{column}'; give the long format of 'panostudy study export'")
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = frame.loc[frame.index[np.flatnonzero(bad)[0]]]
+        who = ", ".join(f"{k} {row[k]}" for k in ("participant", "stimulus", "scale", "item") if k in frame.columns)
+        raise AnalysisError(
+            f"{where}: column '{column}' holds {int(bad.sum())} missing or non-numeric value(s), e.g. {row[column]!r}"
+            + (f" ({who})" if who else "") + "; drop those rows or fix them before the analysis"
+        )
+
+
 def category_codes(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes 0..k−1 and the k labels (as str) of a column, cheap when it is already categorical."""
     if isinstance(column.dtype, pd.CategoricalDtype):

@@ -106,26 +106,50 @@ def delete_participant(
 @study_app.command("export")
 def export(
     db: DbOption,
-    out: Annotated[Path, typer.Option("--out", help="Answers file, long format: .csv or .parquet.")],
-    ssq: Annotated[Optional[Path], typer.Option("--ssq", help="Also write SSQ answers (.csv or .parquet).")] = None,
-    poses: Annotated[Optional[Path], typer.Option("--poses", help="Also write head pose samples (.csv or .parquet).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="A folder (created) for the whole package: CSV tables, codebook.md, "
+                                      "datapackage.json, protocol.toml; or one answers file .csv/.parquet/.sav/.xlsx.")],
+    ssq: Annotated[Optional[Path], typer.Option("--ssq", help="With a file --out: also write SSQ answers to this file.")] = None,
+    poses: Annotated[Optional[Path], typer.Option("--poses", help="With a file --out: also write head poses to this file.")] = None,
+    parquet: Annotated[bool, typer.Option("--parquet", help="Package: every table as Parquet too.")] = False,
+    spss: Annotated[bool, typer.Option("--spss", help="Package: SPSS .sav files with the protocol's wording as labels.")] = False,
+    xlsx: Annotated[bool, typer.Option("--xlsx", help="Package: one Excel workbook (every table but the poses).")] = False,
+    no_poses: Annotated[bool, typer.Option("--no-poses", help="Package: leave the head-pose samples out.")] = False,
+    stimulus_root: Annotated[
+        Optional[Path], typer.Option("--stimulus-root", help="Folder stimulus paths are made relative to (default: the "
+                                     "deepest folder holding every stimulus).")
+    ] = None,
 ) -> None:
-    """Write every answer in long format (one row per answer; training rows flagged)."""
-    from study.export import check_output_path, load_answers, load_poses, load_ssq, write_frame
+    """Export the study: a documented package for R, Python and SPSS, or the answers alone in long format."""
+    from study.errors import PanostudyError
+    from study.export import (
+        check_output_path, codebook_for_file, export_study, load_answers, load_poses, load_ssq, write_frame,
+    )
     from study.store import open_study
 
+    if not out.suffix:
+        if ssq is not None or poses is not None:
+            raise PanostudyError("--ssq and --poses name files for a single-file export; a package folder holds them already")
+        with open_study(db) as study:
+            files = export_study(study, out, parquet=parquet, spss=spss, xlsx=xlsx, poses=not no_poses,
+                                 stimulus_root=stimulus_root)
+        console.print(f"wrote {len(files)} files to {out}: " + ", ".join(sorted(files)), soft_wrap=True, highlight=False)
+        return
+    if parquet or spss or xlsx or no_poses:
+        raise PanostudyError("--parquet, --spss, --xlsx and --no-poses go with a package folder --out (no suffix)")
     for path in (out, ssq, poses):
         if path is not None:
             check_output_path(path)
     with open_study(db) as study:
-        frames = [(out, load_answers(study))]
+        frames = [("answers", out, load_answers(study, stimulus_root=stimulus_root))]
         if ssq is not None:
-            frames.append((ssq, load_ssq(study)))
+            frames.append(("ssq", ssq, load_ssq(study)))
         if poses is not None:
-            frames.append((poses, load_poses(study)))
-    for path, frame in frames:
+            frames.append(("poses", poses, load_poses(study, stimulus_root=stimulus_root)))
+    for table, path, frame in frames:
         write_frame(frame, path)
-        console.print(f"wrote {len(frame)} rows to {path}", soft_wrap=True)
+        codebook = path.with_name(path.stem + ".codebook.md")
+        codebook.write_text(codebook_for_file(table, frame), encoding="utf-8")
+        console.print(f"wrote {len(frame)} rows to {path} (codebook: {codebook.name})", soft_wrap=True)
 
 
 @study_app.command("info")

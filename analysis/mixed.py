@@ -337,7 +337,7 @@ def scene_effect(answers: pd.DataFrame, scale: str, *, value: str = "value", alp
                            "particular stimuli, not about the scenes in general.")
     for name in fit.boundary:
         warnings.append(
-            f"{scale}: the {name} variance was estimated at 0 (a boundary fit): the {name}s did not differ beyond "
+            f"{scale}: the {name} variance was estimated at 0 (a boundary fit): the levels of {name} did not differ beyond "
             "the residual noise, and the model reduces to one without that random effect")
     if not fit.hessian_pd and model == PARTICIPANT_ONLY:
         warnings.append(f"{scale}: the Hessian of {PARTICIPANT_ONLY} is not positive definite; the variances are not identifiable")

@@ -14,7 +14,7 @@ from study.errors import AnalysisError
 ANSWER_COLUMNS = (
     "study", "protocol_hash", "participant", "session", "trial_index", "training", "stimulus",
     "stimulus_sha256", "scene", "scale", "item", "value", "scale_min", "scale_max",
-    "response_time_s", "shown_at", "answered_at",
+    "response_time_s", "shown_at", "answered_at", "answer_source",
 )
 # The columns the statistics actually read; the others may be absent in a hand-made frame.
 REQUIRED_COLUMNS = ("participant", "training", "stimulus", "scene", "scale", "item", "value", "scale_min", "scale_max")

@@ -36,9 +36,9 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from panostudy.cli import analyze, demo, generate, session, study_cmd, view
+    from panostudy.cli import analyze, demo, generate, power, session, study_cmd, view
 
-    for module in (study_cmd, session, generate, view, analyze, demo):
+    for module in (study_cmd, session, generate, view, analyze, power, demo):
         module.register(app)
 
 

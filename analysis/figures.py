@@ -33,8 +33,8 @@ def figure_png(fig, *, dpi: int = 110, stamp: str = "") -> bytes:
     """The figure as PNG bytes; ``stamp`` (e.g. "SIMULATED RATINGS") is written across it, so that a figure
     copied out of the report still says where it came from."""
     if stamp:
-        fig.text(0.5, 0.5, stamp, ha="center", va="center", rotation=20, fontsize=28, color="tab:red", alpha=0.18,
-                 fontweight="bold", zorder=10)
+        fig.text(0.5, 0.5, stamp, ha="center", va="center", rotation=20, fontsize=22, color="tab:red", alpha=0.18,
+                 fontweight="bold", zorder=10, linespacing=1.6)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
@@ -54,8 +54,9 @@ def mos_figure(t: Table1, scale_range: tuple[float, float] = (1.0, 5.0)):
         ax.errorbar(x + offset, rows["mos"], yerr=rows["half_width"].fillna(0.0), fmt="o", capsize=3, label=scale)
     ax.set_xticks(x, t.scenes)
     ax.set_ylabel("mean score")
-    # The axis spans the whole scale: starting it near the data would make small differences look large.
-    ax.set_ylim(low, high)
+    # The axis spans the whole scale: starting it near the data would make small differences look large. A CI
+    # that leaves the scale stays visible above it.
+    ax.set_ylim(low, max(high, float(np.nanmax(t.cells["ci_high"].to_numpy(float), initial=high)) + 0.05))
     ax.set_yticks(np.arange(np.ceil(low), np.floor(high) + 1))
     ax.set_title(f"Table 1 means with {t.ci_method.split(' ')[0]} CIs (screening: {t.screening})")
     ax.legend(ncols=len(t.scales), loc="lower center", fontsize="small")

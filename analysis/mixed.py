@@ -12,6 +12,7 @@ from scipy import linalg, optimize, stats
 
 from analysis.simulate import PAPER_SCENES
 from analysis.table1 import ordered
+from analysis.threads import single_threaded_blas
 from analysis.validate import require_finite
 from study.errors import AnalysisError
 
@@ -156,10 +157,15 @@ def fit_random_intercepts(y: np.ndarray, x: np.ndarray, factors: dict[str, np.nd
     def objective(theta: np.ndarray) -> float:
         return solve(np.maximum(theta, 0.0))[0]
 
-    # The deviance is ~n in size, so forward differences of 1e-8 drown in rounding; central ones of ~1e-5 do not.
-    result = optimize.minimize(objective, np.ones(len(names)), method="L-BFGS-B", jac="3-point",
-                               bounds=[(0.0, None)] * len(names), options={"ftol": 1e-12, "gtol": 1e-6, "maxiter": 500})
-    theta = np.maximum(result.x, 0.0)
+    with single_threaded_blas():
+        # The deviance is ~n in size: forward differences of 1e-8 drown in rounding, central ones of ~1e-5 do not.
+        result = optimize.minimize(objective, np.ones(len(names)), method="L-BFGS-B", jac="3-point",
+                                   bounds=[(0.0, None)] * len(names), options={"ftol": 1e-12, "gtol": 1e-6, "maxiter": 500})
+        return _finish(np.maximum(result.x, 0.0), solve, objective, names, n, p)
+
+
+def _finish(theta: np.ndarray, solve, objective, names: list[str], n: int, p: int) -> RemlFit:
+    """Estimates, covariance, convergence, boundary and Hessian checks at the optimum θ."""
     deviance, chol_x, c_beta, r2, m = solve(theta)
     beta = linalg.solve_triangular(chol_x.T, c_beta, lower=False)
     sigma2 = r2 / (n - p)
@@ -335,10 +341,11 @@ def scene_effect(answers: pd.DataFrame, scale: str, *, value: str = "value", alp
             model, fit = PARTICIPANT_ONLY, _fit(data, ("participant",))
             design_note = ("The stimulus variance could not be identified, so the contrasts are about these "
                            "particular stimuli, not about the scenes in general.")
+    plural = {"participant": "participants", "stimulus": "stimuli"}
     for name in fit.boundary:
         warnings.append(
-            f"{scale}: the {name} variance was estimated at 0 (a boundary fit): the levels of {name} did not differ beyond "
-            "the residual noise, and the model reduces to one without that random effect")
+            f"{scale}: the {name} variance was estimated at 0 (a boundary fit): the {plural.get(name, name)} did not "
+            "differ beyond the residual noise, and the model reduces to one without that random effect")
     if not fit.hessian_pd and model == PARTICIPANT_ONLY:
         warnings.append(f"{scale}: the Hessian of {PARTICIPANT_ONLY} is not positive definite; the variances are not identifiable")
     if not fit.converged:

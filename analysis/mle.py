@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.threads import single_threaded_blas
 from analysis.validate import require_finite
 from study.errors import AnalysisError
 
@@ -275,6 +276,11 @@ def mle_subjective_model(answers: pd.DataFrame, *, content: str = "stimulus", va
     ITU-T P.910 (11/2021) Annex E; ITU-T P.913 (06/2021) §12.6; Z. Li and C. G. Bampis, "Recover subjective
     quality scores from noisy measurements", DCC 2017; Netflix sureal, ``MaximumLikelihoodEstimationModel``.
     """
+    with single_threaded_blas():
+        return _mle_subjective_model(answers, content=content, value=value, tol=tol, max_iter=max_iter)
+
+
+def _mle_subjective_model(answers: pd.DataFrame, *, content: str, value: str, tol: float, max_iter: int) -> MleFit:
     require_finite(answers, value, "mle_subjective_model")
     # 1. Sufficient statistics of every rating on the presentations × participants grid.
     e_codes = answers.groupby(list(PRESENTATION), observed=True, sort=True).ngroup().to_numpy()

@@ -206,6 +206,8 @@ def analyze(answers: pd.DataFrame, *, ssq: pd.DataFrame | None = None, poses: pd
         if test.empty:
             raise AnalysisError("--exclude-flagged removed every test answer; look at the flagged trials first")
     pose_frame = prepare_poses(poses)
+    # Training panoramas are not analysed; neither is where people looked at them.
+    pose_frame = pose_frame[pose_frame["scene"].astype("string").isin(test["scene"].astype("string").unique())]
     single = test["participant"].nunique() < 2
     _step(progress, "screening")
     # Every method except 'none' needs a panel to compare an observer with; with one participant say so.
@@ -554,7 +556,7 @@ def _figures(analysis: Analysis, thumbnails: Mapping[str, np.ndarray] | None) ->
     }
     if analysis.ssq_scores is not None:
         figs["ssq"] = ssq_figure(analysis.ssq_scores)
-    stamp = " / ".join(b.split(":")[0] for b in analysis.banners)
+    stamp = "\n".join(b.split(":")[0] for b in analysis.banners)
     return {name: figure_png(fig, stamp=stamp) for name, fig in figs.items()}
 
 

@@ -74,6 +74,17 @@ def test_a_study_runs_from_init_to_export(study, tmp_path):
         assert (tmp_path / "package" / "v1" / name).is_file(), name
     participants = pd.read_csv(tmp_path / "package" / "v1" / "participants.csv")
     assert participants["age"].tolist() == [30, 30]
+    # The export analyses like the database: same Table 1, protocol, demographics and the simulated-ratings banner.
+    for source in (["--export", tmp_path / "package" / "v1"], ["--db", study]):
+        report = tmp_path / "reports" / source[0].strip("-")
+        result = invoke("analyze", *source, "--out", report, "--screening", "none")
+        assert result.exit_code == 0, result.output
+        page = (report / "report.html").read_text(encoding="utf-8")
+        assert "SIMULATED RATINGS" in page and "Protocol <b>tiny</b>" in page and "Overall quality?" in page
+        assert "mean 30.0" in page and "2 sessions: mean" in page
+        assert "SIMULATED RATINGS" in (report / "datasheet.md").read_text()
+    tables = [pd.read_csv(tmp_path / "reports" / name / "table1.csv") for name in ("export", "db")]
+    pd.testing.assert_frame_equal(tables[0], tables[1])
 
 
 def test_resume_withdraw_and_delete(study):

@@ -415,6 +415,7 @@ def _degenerate_statements(g: _Grid, var: np.ndarray, v2: np.ndarray, a2: np.nda
         f"degenerate MLE fit: the inconsistency v_s of participant(s) {shown} and the ambiguity a_c of "
         f"{len(what)} content(s) went to 0 together (smallest v_s² + a_c² = {var[tiny].min():.1e}). There the "
         "model explains those ratings exactly and the likelihood grows without bound, so x_e, b_s, v_s, a_c and "
-        "their SEs and CIs are meaningless. Too few ratings per participant and content support the model; "
-        "use --screening p913 or bt500, or collect more ratings",
+        "their SEs and CIs are meaningless. It happens with one rating per presentation and participant and few "
+        "observers per presentation, or with an observer who rates exactly the consensus; use --screening p913 "
+        "or bt500, or collect repeated ratings or more observers",
     )

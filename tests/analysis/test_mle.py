@@ -79,10 +79,8 @@ def _draw(*, n_e=40, n_s=30, per_content=8, reps=1, missing=0.0, consensus=False
     return pd.concat(frames, ignore_index=True).assign(scale="ACR", scene="street")
 
 
-def _independent_fit(answers, start):
-    """Maximises log L over (x_e, b_s, v_s², a_c²) with scipy; returns the maximum and the gradient function."""
-    from scipy import optimize
-
+def _likelihood(answers):
+    """−log L over (x_e, b_s, v_s², a_c²) and its gradient, written here independently of analysis.mle."""
     keys = ["stimulus", "scale", "item"]
     e = answers.groupby(keys, sort=True).ngroup().to_numpy()
     s = pd.Categorical(answers["participant"]).codes
@@ -99,6 +97,14 @@ def _independent_fit(answers, start):
                                np.bincount(s, d, minlength=n_s), np.bincount(c, d, minlength=n_c)])
         return 0.5 * np.sum(np.log(2 * np.pi * var) + r * r / var), -grad
 
+    return negative_log_likelihood, (e, s, c, u), (n_e, n_s, n_c)
+
+
+def _independent_fit(answers, start):
+    """Maximises log L with scipy's L-BFGS-B from the MOS start or from a fit; returns the maximum."""
+    from scipy import optimize
+
+    negative_log_likelihood, (e, s, c, u), (n_e, n_s, n_c) = _likelihood(answers)
     if start == "mos":
         x0 = np.bincount(e, u) / np.bincount(e)
         r0 = u - x0[e]
@@ -168,15 +174,15 @@ def test_degenerate_corner_is_detected_and_is_real():
     # The independent optimiser confirms it: keep every v_s² ≥ ε and the maximum still rises as ε shrinks.
     from scipy import optimize
 
-    best, _, negative_log_likelihood = _independent_fit(answers, "mos")
-    n_e, n_s, n_c = len(fit.presentations), len(fit.participants), len(fit.contents)
+    negative_log_likelihood, _, (n_e, n_s, n_c) = _likelihood(answers)
     start = np.concatenate([fit.presentations["x_e"], fit.participants["b_s"], np.full(n_s, 0.3), np.full(n_c, 0.3)])
     maxima = []
     for eps in (1e-2, 1e-4, 1e-6):
         bounds = [(None, None)] * (n_e + n_s) + [(eps, None)] * n_s + [(0.0, None)] * n_c
         result = optimize.minimize(negative_log_likelihood, start, jac=True, method="L-BFGS-B", bounds=bounds,
-                                   options={"maxiter": 20000, "ftol": 1e-15})
+                                   options={"maxiter": 3000, "ftol": 1e-12})
         maxima.append(-result.fun)
+        start = result.x  # each smaller ε starts where the larger one ended
     assert maxima[0] + 10 < maxima[1] < maxima[2] - 10
 
 

@@ -29,15 +29,21 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def figure_png(fig, *, dpi: int = 110) -> bytes:
-    """The figure as PNG bytes."""
+def figure_png(fig, *, dpi: int = 110, stamp: str = "") -> bytes:
+    """The figure as PNG bytes; ``stamp`` (e.g. "SIMULATED RATINGS") is written across it, so that a figure
+    copied out of the report still says where it came from."""
+    if stamp:
+        fig.text(0.5, 0.5, stamp, ha="center", va="center", rotation=20, fontsize=22, color="tab:red", alpha=0.18,
+                 fontweight="bold", zorder=10, linespacing=1.6)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 
-def mos_figure(t: Table1):
-    """Mean score with its confidence interval for every scene (x) and scale (one marker series each)."""
+def mos_figure(t: Table1, scale_range: tuple[float, float] = (1.0, 5.0)):
+    """Mean score with its confidence interval for every scene (x) and scale (one marker series each), on an
+    axis from the scale's minimum to its maximum."""
+    low, high = scale_range
     fig = _figure(7.0, 3.8)
     ax = fig.add_subplot()
     x = np.arange(len(t.scenes))
@@ -48,6 +54,10 @@ def mos_figure(t: Table1):
         ax.errorbar(x + offset, rows["mos"], yerr=rows["half_width"].fillna(0.0), fmt="o", capsize=3, label=scale)
     ax.set_xticks(x, t.scenes)
     ax.set_ylabel("mean score")
+    # The axis spans the whole scale: starting it near the data would make small differences look large. A CI
+    # that leaves the scale stays visible above it.
+    ax.set_ylim(low, max(high, float(np.nanmax(t.cells["ci_high"].to_numpy(float), initial=high)) + 0.05))
+    ax.set_yticks(np.arange(np.ceil(low), np.floor(high) + 1))
     ax.set_title(f"Table 1 means with {t.ci_method.split(' ')[0]} CIs (screening: {t.screening})")
     ax.legend(ncols=len(t.scales), loc="lower center", fontsize="small")
     ax.grid(axis="y", alpha=0.3)
@@ -111,6 +121,28 @@ def bias_figure(screened: ScreeningResult, answers: pd.DataFrame):
     return fig
 
 
+def sos_figure(points: pd.DataFrame, fits: pd.DataFrame):
+    """SOS against MOS of every presentation, one panel per scale, with the fitted SOS-hypothesis curve."""
+    scales = list(fits["scale"])
+    fig = _figure(2.4 * max(len(scales), 1) + 0.8, 2.8)
+    axes = fig.subplots(1, max(len(scales), 1), squeeze=False, sharey=True)[0]
+    for ax, row in zip(axes, fits.itertuples()):
+        p = points[points["scale"].astype("string") == row.scale]
+        low, high = float(p["scale_min"].min()), float(p["scale_max"].max())
+        ax.scatter(p["mos"], p["sos"], s=8, alpha=0.6)
+        grid = np.linspace(low, high, 200)
+        if np.isfinite(row.a):
+            ax.plot(grid, np.sqrt(row.a * (grid - low) * (high - grid)), color="tab:red", label=f"a = {row.a:.3f}")
+            ax.legend(fontsize="x-small", loc="upper right")
+        ax.plot(grid, np.sqrt((grid - low) * (high - grid)), color="0.7", linestyle=":", linewidth=0.8)
+        ax.set_xlim(low, high)
+        ax.set_ylim(bottom=0.0)
+        ax.set_title(row.scale, fontsize="medium")
+        ax.set_xlabel("MOS", fontsize="small")
+    axes[0].set_ylabel("SOS (SD of ratings)")
+    return fig
+
+
 def ssq_figure(scores: pd.DataFrame):
     """SSQ scores before and after the session, one panel per score, each participant a grey line."""
     fig = _figure(8.0, 3.0)
@@ -157,7 +189,7 @@ def heatmap_figure(poses: pd.DataFrame, thumbnails: Mapping[str, np.ndarray] | N
     scenes = ordered(poses["scene"].astype("string").unique(), PAPER_SCENES)
     columns = 2 if len(scenes) > 1 else 1
     rows = int(np.ceil(len(scenes) / columns))
-    fig = _figure(4.2 * columns, 2.3 * rows)
+    fig = _figure(4.6 * columns, 2.4 * rows)
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     extent = (-180.0, 180.0, -90.0, 90.0)
     for ax, scene in zip(axes, scenes):
@@ -172,9 +204,17 @@ def heatmap_figure(poses: pd.DataFrame, thumbnails: Mapping[str, np.ndarray] | N
             ax.imshow(thumb, extent=extent, origin="upper", aspect="auto")
         else:
             ax.set_facecolor("0.15")
-        ax.imshow(density, extent=extent, origin="upper", aspect="auto", cmap="inferno",
-                  alpha=np.clip(density / density.max(), 0.0, 1.0) * 0.85)
-        ax.set_title(f"{scene} ({len(samples)} samples)", fontsize="medium")
+        # Per cent of the scene's samples per square degree, so panels of different sample counts compare.
+        per_deg2 = density * 100.0 / ((360.0 / width) * (180.0 / height))
+        image = ax.imshow(per_deg2, extent=extent, origin="upper", aspect="auto", cmap="inferno",
+                          alpha=np.clip(density / density.max(), 0.0, 1.0) * 0.85)
+        colorbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+        colorbar.solids.set_alpha(1.0)
+        colorbar.set_label("% of samples / deg²", fontsize="x-small")
+        colorbar.ax.tick_params(labelsize="x-small")
+        viewers = samples["participant"].nunique() if "participant" in samples.columns else 0
+        ax.set_title(f"{scene}: {len(samples)} samples" + (f" of {viewers} participants" if viewers else ""),
+                     fontsize="medium")
         ax.set_xticks([-180, -90, 0, 90, 180])
         ax.set_yticks([-90, 0, 90])
         ax.set_xlabel("yaw (°)", fontsize="small")

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.validate import require_finite
+
 SINGLE_OBSERVER_NOTE = "CI undefined with a single participant (N = 1): no spread to estimate"
 
 
@@ -53,6 +55,7 @@ def mean_opinion_score(u_ij: pd.DataFrame, by: Sequence[str], *, value: str = "v
     ----------
     ITU-R BT.500-14 (2019), Annex 1 §A1-2.2.1; ITU-T P.913 (2021) §12.
     """
+    require_finite(u_ij, value, "mean_opinion_score")
     grouped = u_ij.groupby(list(by), observed=True, sort=True)[value]
     out = grouped.agg(mos="mean", sd="std", n="count").reset_index()
     n = out["n"].to_numpy()
@@ -72,6 +75,7 @@ def participant_means(answers: pd.DataFrame, by: Sequence[str], *, value: str = 
     participants; N is then the number of participants. For a single presentation (stimulus × scale ×
     item) each participant has one answer and this is the plain MOS of BT.500.
     """
+    require_finite(answers, value, "participant_means")
     keys = list(by) + ["participant"]
     return answers.groupby(keys, observed=True, sort=False)[value].mean().reset_index()
 

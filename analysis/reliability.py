@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.mle import PRESENTATION
+from analysis.validate import require_finite
 
 # pingouin ≥ 0.6 labels the forms as McGraw & Wong (1996); older versions used Shrout & Fleiss's names.
 _MCGRAW_WONG_TO_SHROUT_FLEISS = {
@@ -78,6 +79,7 @@ def reliability(answers: pd.DataFrame, *, value: str = "value") -> pd.DataFrame:
     pandas.DataFrame
         ``scale, targets, raters, icc2k, icc2k_ci_low, icc2k_ci_high, icc2k_p, alpha_ordinal, note``.
     """
+    require_finite(answers, value, "reliability")
     rows = []
     for scale, frame in answers.groupby("scale", observed=True, sort=False):
         scale = str(scale)

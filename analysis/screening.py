@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.mle import PRESENTATION, MleFit, mle_subjective_model
-from analysis.validate import category_codes
+from analysis.validate import category_codes, require_finite
 from study.errors import AnalysisError
 
 Method = Literal["none", "bt500", "p913", "mle"]
@@ -43,6 +43,8 @@ class ScreeningResult:
         Human-readable statements of what was done and pooled.
     mle : MleFit or None
         The full MLE fit for ``method="mle"``.
+    warnings : tuple of str
+        What must be shown prominently: a degenerate or non-converged MLE fit.
     """
 
     method: str
@@ -52,6 +54,7 @@ class ScreeningResult:
     presentations: pd.DataFrame
     notes: tuple[str, ...]
     mle: MleFit | None = field(default=None)
+    warnings: tuple[str, ...] = ()
 
 
 def _presentation_codes(answers: pd.DataFrame) -> np.ndarray:
@@ -131,6 +134,7 @@ def bt500_screening(answers: pd.DataFrame, *, std_ddof: int = 1, value: str = "v
     ----------
     ITU-R BT.500-14 (10/2019) §A1-2.3.1; Netflix sureal ``SubjrejMosModel`` (``subject_rejection=True``).
     """
+    require_finite(answers, value, "bt500_screening")
     codes = _presentation_codes(answers)
     n_pres = int(codes.max()) + 1
     u = answers[value].to_numpy(float)
@@ -186,6 +190,7 @@ def p913_bias_removal(answers: pd.DataFrame, *, value: str = "value") -> Screeni
     ----------
     ITU-T P.913 (06/2021) §12.4; sureal ``BiasremvMosModel`` (``bias_offset=True``).
     """
+    require_finite(answers, value, "p913_bias_removal")
     codes = _presentation_codes(answers)
     u = answers[value].to_numpy(float)
     n_pres = int(codes.max()) + 1
@@ -218,14 +223,18 @@ def mle_screening(answers: pd.DataFrame, *, content: str = "stimulus", value: st
     corrected = answers.copy()
     corrected[value] = answers[value].to_numpy(float) - answers["participant"].astype("string").map(bias).to_numpy(float)
     n_pres = len(fit.presentations)
-    notes = (
+    state = (f"converged (largest derivative of log L {fit.max_gradient:.1g} in SE units)" if fit.converged
+             else "NOT converged")
+    repeats = f", {fit.repeated} of them repetitions" if fit.repeated else ""
+    notes = [
         _pooling_note(answers, n_pres),
-        f"P.910 Annex E MLE model (content = {content}): {fit.n_iter} sweeps, "
-        + ("converged" if fit.converged else "NOT converged; treat the estimates with care")
-        + f"; bias range {bias.min():+.2f} .. {bias.max():+.2f}, inconsistency "
+        f"P.910 Annex E MLE model (content = {content}) on all {fit.n_ratings} ratings{repeats}: {fit.n_iter} "
+        f"sweeps, {state}; bias range {bias.min():+.2f} .. {bias.max():+.2f}, inconsistency "
         f"{fit.participants['v_s'].min():.2f} .. {fit.participants['v_s'].max():.2f}; nobody removed",
-    )
-    return ScreeningResult("mle", corrected, (), fit.participants, fit.presentations, notes, fit)
+    ]
+    notes.append("only v_s² + a_c² is identified: (v_s² + δ, a_c² − δ) fits equally well, so compare v_s between "
+                 "participants and a_c between contents, not with each other")
+    return ScreeningResult("mle", corrected, (), fit.participants, fit.presentations, tuple(notes), fit, fit.warnings)
 
 
 def no_screening(answers: pd.DataFrame) -> ScreeningResult:

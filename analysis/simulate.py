@@ -219,6 +219,7 @@ def simulate_study(
             "response_time_s": rt,
             "shown_at": shown,
             "answered_at": shown + pd.to_timedelta(exposure_s + item_cum, unit="s"),
+            "answer_source": pd.Categorical.from_codes(np.zeros(row_part.size, dtype=np.int8), ["simulated"]),
         }
     )
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.mos import SINGLE_OBSERVER_NOTE, summarise
+from analysis.mos import SINGLE_OBSERVER_NOTE, participant_means, summarise
 from analysis.screening import ScreeningResult
 from analysis.simulate import PAPER_SCALES, PAPER_SCENES
 
@@ -21,9 +21,10 @@ class Table1:
     Attributes
     ----------
     cells : pandas.DataFrame
-        Tidy, one row per cell: ``scale, scene, mos, sd, n, half_width, ci_low, ci_high, note``. ``sd`` is the
-        SD of the participants' cell means (for ``mle``: of the x_e of the cell's presentations); ``n`` the
-        number of participants.
+        Tidy, one row per cell: ``scale, scene, mos, sd, n, half_width, ci_low, ci_high, boot_low, boot_high,
+        t_outside_scale, note``. ``sd`` is the SD of the participants' cell means (for ``mle``: of the x_e of
+        the cell's presentations); ``n`` the number of participants; ``boot_*`` the BCa bootstrap interval over
+        participants; ``t_outside_scale`` flags a CI that reaches beyond the scale's range.
     scales, scenes : tuple of str
         Row and column order.
     screening : str
@@ -52,7 +53,33 @@ def ordered(levels: Sequence[str], preferred: Sequence[str]) -> tuple[str, ...]:
     return tuple([p for p in preferred if p in present] + sorted(p for p in present if p not in preferred))
 
 
-def table1(screened: ScreeningResult, *, confidence: float = 0.95) -> Table1:
+def bootstrap_cells(answers: pd.DataFrame, *, confidence: float = 0.95, n_resamples: int = 2000,
+                    seed: int = 0) -> pd.DataFrame:
+    """BCa bootstrap CI of every Table 1 cell, resampling participants (their cell means).
+
+    Returns ``scale, scene, boot_low, boot_high``; NaN where fewer than 3 participants rated the cell or all
+    their means are equal (no spread to resample). scipy's ``bootstrap(method="BCa")`` with a seeded generator.
+
+    References
+    ----------
+    B. Efron, "Better bootstrap confidence intervals", JASA 82 (1987) 171–185; T. Hoßfeld et al., "Confidence
+    interval estimators for MOS values", arXiv:1806.01126 (2018).
+    """
+    means = participant_means(answers, ["scale", "scene"])
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (scale, scene), values in means.groupby(["scale", "scene"], observed=True)["value"]:
+        data = values.to_numpy(float)
+        low = high = np.nan
+        if data.size >= 3 and np.ptp(data) > 0:
+            result = stats.bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                                     method="BCa", vectorized=True, rng=rng)
+            low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+        rows.append((str(scale), str(scene), low, high))
+    return pd.DataFrame(rows, columns=["scale", "scene", "boot_low", "boot_high"]).astype({"scale": "string", "scene": "string"})
+
+
+def table1(screened: ScreeningResult, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> Table1:
     """Builds Table 1 from screened answers.
 
     Parameters
@@ -102,6 +129,22 @@ def table1(screened: ScreeningResult, *, confidence: float = 0.95) -> Table1:
             notes.append(SINGLE_OBSERVER_NOTE)
     cells["scale"] = cells["scale"].astype("string")
     cells["scene"] = cells["scene"].astype("string")
+    low = answers.groupby("scale", observed=True)["scale_min"].min()
+    high = answers.groupby("scale", observed=True)["scale_max"].max()
+    low.index, high.index = low.index.astype(str), high.index.astype(str)
+    cells["t_outside_scale"] = ((cells["ci_low"] < cells["scale"].map(low).astype(float))
+                                | (cells["ci_high"] > cells["scale"].map(high).astype(float))).fillna(False).astype(bool)
+    if screened.method == "mle":
+        cells["boot_low"] = cells["boot_high"] = np.nan
+    else:
+        boot = bootstrap_cells(answers, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        cells = cells.drop(columns=[c for c in ("boot_low", "boot_high") if c in cells]).merge(boot, on=["scale", "scene"], how="left")
+    if cells["t_outside_scale"].any():
+        notes.append(f"{int(cells['t_outside_scale'].sum())} confidence interval(s) reach beyond the scale's range "
+                     "(marked †); the bootstrap interval stays inside it")
+    columns = ["scale", "scene", "mos", "sd", "n", "half_width", "ci_low", "ci_high", "boot_low", "boot_high",
+               "t_outside_scale", "note"]
+    cells = cells[columns]
     order = {s: i for i, s in enumerate(scales)}, {s: i for i, s in enumerate(scenes)}
     cells = cells.sort_values(["scale", "scene"], key=lambda c: c.map(order[0] if c.name == "scale" else order[1]))
     return Table1(cells.reset_index(drop=True), scales, scenes, screened.method, ci_method, tuple(notes))
@@ -112,7 +155,11 @@ def _cell_text(row: pd.Series, digits: int, with_ci: bool) -> str:
         return f"{row['mos']:.{digits}f}"
     if np.isnan(row["half_width"]):
         return f"{row['mos']:.{digits}f} (CI n/a)"
-    return f"{row['mos']:.{digits}f} ± {row['half_width']:.{digits}f}"
+    mark = "†" if row.get("t_outside_scale", False) else ""
+    return f"{row['mos']:.{digits}f} ± {row['half_width']:.{digits}f}{mark}"
+
+
+OUTSIDE_NOTE = "† the CI reaches beyond the scale's range"
 
 
 def _wide_text(t: Table1, digits: int, with_ci: bool) -> list[list[str]]:
@@ -127,7 +174,8 @@ def _n_text(t: Table1) -> str:
 
 def to_csv(t: Table1) -> str:
     """Tidy CSV, one row per cell, with N, SD and the CI bounds (full precision)."""
-    columns = ["scale", "scene", "mos", "sd", "n", "half_width", "ci_low", "ci_high", "note"]
+    columns = ["scale", "scene", "mos", "sd", "n", "half_width", "ci_low", "ci_high", "boot_low", "boot_high",
+               "t_outside_scale", "note"]
     return t.cells[columns].assign(screening=t.screening).to_csv(index=False)
 
 
@@ -137,7 +185,8 @@ def to_markdown(t: Table1, *, digits: int = 2, with_ci: bool = True) -> str:
     lines = ["| Scenes | " + " | ".join(t.scenes) + " |", "|---|" + "---:|" * len(t.scenes)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines.append("")
-    lines.append(f"{_n_text(t)} participants; {t.ci_method}; screening: {t.screening}.")
+    outside = f" {OUTSIDE_NOTE}." if t.cells["t_outside_scale"].any() else ""
+    lines.append(f"{_n_text(t)} participants; {t.ci_method}; screening: {t.screening}.{outside}")
     return "\n".join(lines) + "\n"
 
 
@@ -151,7 +200,8 @@ def _latex_escape(text: str) -> str:
 def to_latex(t: Table1, *, digits: int = 2, with_ci: bool = True) -> str:
     """A booktabs ``table`` in the paper's layout, ready for ``\\input``."""
     rows = _wide_text(t, digits, with_ci)
-    body = [" & ".join(_latex_escape(c).replace("±", r"$\pm$") for c in r) + r" \\" for r in rows]
+    body = [" & ".join(_latex_escape(c).replace("±", r"$\pm$").replace("†", r"$^\dagger$") for c in r) + r" \\"
+            for r in rows]
     caption = (
         "Average scores of ACR, VAR, SSDS and PCR in the scenes"
         + (f" (mean $\\pm$ {_latex_escape(t.ci_method.split(' ')[0])} CI half-width" if with_ci else " (")

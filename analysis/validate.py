@@ -14,7 +14,7 @@ from study.errors import AnalysisError
 ANSWER_COLUMNS = (
     "study", "protocol_hash", "participant", "session", "trial_index", "training", "stimulus",
     "stimulus_sha256", "scene", "scale", "item", "value", "scale_min", "scale_max",
-    "response_time_s", "shown_at", "answered_at",
+    "response_time_s", "shown_at", "answered_at", "answer_source",
 )
 # The columns the statistics actually read; the others may be absent in a hand-made frame.
 REQUIRED_COLUMNS = ("participant", "training", "stimulus", "scene", "scale", "item", "value", "scale_min", "scale_max")
@@ -28,6 +28,21 @@ def _require(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
     if missing:
         raise AnalysisError(
             f"{what} lack the column(s) {', '.join(missing)}; give the long format of 'panostudy study export'"
+        )
+
+
+def require_finite(frame: pd.DataFrame, column: str, where: str) -> None:
+    """Refuses a frame whose ``column`` is missing or holds NaN / infinite values (one line naming the first)."""
+    if column not in frame.columns:
+        raise AnalysisError(f"{where}: the answers lack the column '{column}'; give the long format of 'panostudy study export'")
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = frame.loc[frame.index[np.flatnonzero(bad)[0]]]
+        who = ", ".join(f"{k} {row[k]}" for k in ("participant", "stimulus", "scale", "item") if k in frame.columns)
+        raise AnalysisError(
+            f"{where}: column '{column}' holds {int(bad.sum())} missing or non-numeric value(s), e.g. {row[column]!r}"
+            + (f" ({who})" if who else "") + "; drop those rows or fix them before the analysis"
         )
 
 

@@ -49,7 +49,7 @@ def main() -> None:
     print(f"bare groupby(scale, scene).mean()       {t_base * 1e3:9.1f} ms")
     print(f"validate + drop training                 {t_valid * 1e3:9.1f} ms")
     print(f"BT.500 beta2 screening ({len(screened.presentations):,} presentations) {t_bt500 * 1e3:9.1f} ms")
-    print(f"Table 1 with t CIs                       {t_table * 1e3:9.1f} ms")
+    print(f"Table 1 with t and BCa bootstrap CIs     {t_table * 1e3:9.1f} ms")
     print(f"total                                    {total * 1e3:9.1f} ms  (goal <= 10 s)")
     print(f"ratio total / bare groupby mean          {total / t_base:9.1f} x")
     print(f"rejected observers: {len(screened.rejected)} of {test['participant'].nunique()}; "

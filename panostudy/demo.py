@@ -162,6 +162,7 @@ def run_participants(db, settings: DemoSettings, progress: Progress | None = Non
     for done, code in enumerate(codes, start=1):
         add_participant(db, code)
         engine = SessionEngine.start(db, code)
+        engine.record_event("answers_source", {"source": "simulated", "seed": settings.seed})
         driver = ScriptedDriver(raters, motion_seed=settings.seed)
         backend = HeadlessBackend(settings.eye_size, settings.eye_size)
         summary = run_session(engine, backend, driver=driver, frame_hz=settings.frame_hz)

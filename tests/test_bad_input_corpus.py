@@ -209,7 +209,7 @@ CASES = [
     Case("delete-without-yes", ("study", "delete-participant", "--db", "{db}", "--code", "P02"), ("--yes",)),
     Case("analyze-db-and-answers", ("analyze", "--db", "{db}", "--answers", "{tmp}/answers.csv"), ("exactly one of --db",)),
     Case("analyze-neither", ("analyze",), ("exactly one of --db",)),
-    Case("analyze-db-with-ssq", ("analyze", "--db", "{db}", "--ssq", "{tmp}/ssq.csv"), ("--ssq and --poses go with --answers",)),
+    Case("analyze-db-with-ssq", ("analyze", "--db", "{db}", "--ssq", "{tmp}/ssq.csv"), ("--ssq, --poses and --protocol go with --answers",)),
     # -- participants and sessions ---------------------------------------------------------------------------
     Case("code-email", ("study", "add-participant", "--db", "{db}", "--code", "jane.doe@example.org"), ("is invalid", "pseudonym")),
     Case("code-empty", ("study", "add-participant", "--db", "{db}", "--code", ""), ("is invalid",)),
@@ -323,9 +323,9 @@ CASES = [
          ("does not exist or is not a folder",)),
     Case("init-db-nul", ("study", "init", "--db", "{tmp}/a\u0000b.sqlite", "--protocol", "{protocol}"), ("NUL byte",)),
     # -- outputs -----------------------------------------------------------------------------------------------
-    Case("export-to-folder", (*EXPORT, "--out", "{stimuli}"), ("--out", "is a folder")),
-    Case("export-to-dev-full", (*EXPORT, "--out", "/dev/full"), ("--out /dev/full", "not a regular file")),
-    Case("export-xlsx", (*EXPORT, "--out", "{tmp}/a.xlsx"), ("a.xlsx", ".csv or .parquet")),
+    Case("export-to-folder", (*EXPORT, "--out", "{stimuli}"), ("--out", "is not an earlier panostudy export")),
+    Case("export-to-dev-full", (*EXPORT, "--out", "/dev/full"), ("--out /dev/full", "is not an earlier panostudy export")),
+    Case("export-json", (*EXPORT, "--out", "{tmp}/a.json"), ("a.json", ".csv or .parquet or .sav or .xlsx")),
     Case("export-same-file-twice", (*EXPORT, "--out", "{tmp}/a.csv", "--ssq", "{tmp}/a.csv"), ("--ssq", "the same file as --out")),
     Case("export-parent-is-file", (*EXPORT, "--out", "{protocol}/answers.csv"), ("tiny.toml is a file, not a folder",)),
     Case("export-ssq-to-folder", (*EXPORT, "--out", "{tmp}/a.csv", "--ssq", "{stimuli}"), ("--ssq", "is a folder")),

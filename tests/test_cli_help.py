@@ -20,5 +20,5 @@ def test_help_lists_every_job_and_imports_nothing_heavy():
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["code"] == 0
     assert report["heavy"] == []
-    for command in ("study", "session", "generate", "view", "analyze", "demo"):
+    for command in ("study", "session", "generate", "view", "analyze", "power", "demo"):
         assert command in report["out"]

@@ -70,9 +70,9 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from panostudy.cli import analyze, demo, generate, replay, session, study_cmd, view
+    from panostudy.cli import analyze, demo, generate, power, replay, session, study_cmd, view
 
-    for module in (study_cmd, session, generate, view, analyze, replay, demo):
+    for module in (study_cmd, session, generate, view, analyze, power, replay, demo):
         module.register(app)
 
 

@@ -74,14 +74,46 @@ def _check_numbers(frame, path: Path, option: str, first_row: int) -> None:
 
 
 def _load_db(db: str):
+    """Answers, SSQ, poses and the study context (protocol, participants, sessions, stimuli) of a database."""
     url = db if "://" in db else None
     if url is None and not Path(db).is_file():
         raise AnalysisError(f"--db {db}: no such database file; give the SQLite file of 'panostudy study init' or a URL")
-    from study.export import load_answers, load_poses, load_ssq
+    from analysis.report import StudyContext
+    from study.export import load_answers, load_participants, load_poses, load_sessions, load_ssq, load_stimuli
     from study.store import open_study
 
     with open_study(url or Path(db)) as study:
-        return load_answers(study), load_ssq(study), load_poses(study)
+        context = StudyContext(protocol=study.protocol, participants=load_participants(study),
+                               sessions=load_sessions(study), stimuli=load_stimuli(study), source=study.url)
+        return load_answers(study), load_ssq(study), load_poses(study), context
+
+
+def _load_export(folder: Path):
+    """The same from a folder written by 'panostudy study export'; returns the stimulus root as well."""
+    import json
+
+    from analysis.report import StudyContext
+    from study.export import EXPORT_MARKER, read_table
+    from study.protocol import parse_protocol
+
+    descriptor = folder / EXPORT_MARKER
+    if not descriptor.is_file():
+        raise AnalysisError(f"--export {folder}: no {EXPORT_MARKER} there; give a folder written by 'panostudy study export'")
+    root = Path(json.loads(descriptor.read_text(encoding="utf-8")).get("panostudy:stimulus_root", folder))
+
+    def table(name: str):
+        path = folder / f"{name}.csv"
+        return read_table(path, name) if path.is_file() else None
+
+    answers = table("answers")
+    if answers is None:
+        raise AnalysisError(f"--export {folder}: answers.csv is missing; export the study again")
+    protocol_file = folder / "protocol.toml"
+    protocol = (parse_protocol(protocol_file.read_text(encoding="utf-8"), source=str(protocol_file), check_files=False)
+                if protocol_file.is_file() else None)
+    context = StudyContext(protocol=protocol, participants=table("participants"), sessions=table("sessions"),
+                           stimuli=table("stimuli"), source=f"export folder {folder}")
+    return answers, table("ssq"), table("poses"), context, root
 
 
 def register(app: typer.Typer) -> None:
@@ -100,23 +132,41 @@ def register(app: typer.Typer) -> None:
             typer.Option("--screening", help="Observer screening before Table 1: none, bt500 (ITU-R BT.500 β2, all "
                          "items pooled), p913 (P.913 §12.4 bias removal) or mle (P.910 Annex E model)."),
         ] = Screening.bt500,
-        out: Annotated[Path, typer.Option("--out", help="Report folder (replaced atomically).")] = Path("report"),
+        out: Annotated[Path, typer.Option("--out", help="Report folder (created; replaced atomically).")] = Path("report"),
         study: Annotated[Optional[str], typer.Option("--study", help="Analyse only this study of the answers.")] = None,
+        export: Annotated[
+            Optional[Path], typer.Option("--export", help="A folder written by 'panostudy study export' instead of --db.")
+        ] = None,
+        protocol: Annotated[
+            Optional[Path], typer.Option("--protocol", help="With --answers: the protocol TOML (wording, name, SHA-256).")
+        ] = None,
     ) -> None:
         """Analyse the ratings: Table 1 with CIs, screening, mixed models, reliability, SSQ and an HTML report."""
+        from analysis.report import StudyContext
+
         # 1. Validate the arguments before reading or writing anything.
-        if (db is None) == (answers is None):
-            raise AnalysisError("give exactly one of --db (study database) or --answers (exported .csv/.parquet)")
-        if db is not None and (ssq is not None or poses is not None):
-            raise AnalysisError("--ssq and --poses go with --answers; with --db they are read from the database")
+        if sum(x is not None for x in (db, answers, export)) != 1:
+            raise AnalysisError("give exactly one of --db (study database), --export (export folder) or --answers "
+                                "(exported .csv/.parquet)")
+        if answers is None and (ssq is not None or poses is not None or protocol is not None):
+            raise AnalysisError("--ssq, --poses and --protocol go with --answers; --db and --export hold them already")
 
         # 2. Load.
+        root = Path.cwd()
         if db is not None:
-            answer_frame, ssq_frame, pose_frame = _load_db(db)
+            answer_frame, ssq_frame, pose_frame, context = _load_db(db)
+            if "://" not in db:
+                root = Path(db).resolve().parent
+        elif export is not None:
+            answer_frame, ssq_frame, pose_frame, context, root = _load_export(export)
         else:
+            from study.protocol import load_protocol
+
             answer_frame = _read_table(answers, "--answers")
             ssq_frame = _read_table(ssq, "--ssq") if ssq is not None else None
             pose_frame = _read_table(poses, "--poses") if poses is not None else None
+            context = StudyContext(protocol=load_protocol(protocol) if protocol is not None else None,
+                                   source=f"answers file {answers}")
         if study is not None:
             if "study" not in answer_frame.columns or not (answer_frame["study"].astype(str) == study).any():
                 known = sorted(answer_frame["study"].astype(str).unique()) if "study" in answer_frame.columns else []
@@ -124,17 +174,18 @@ def register(app: typer.Typer) -> None:
             answer_frame = answer_frame[answer_frame["study"].astype(str) == study]
 
         # 3. Analyse, write and tell the user what came out.
-        root = Path(db).resolve().parent if db is not None and "://" not in db else Path.cwd()
-        analyse_and_report(answer_frame, ssq_frame, pose_frame, screening=screening.value, out=out, root=root)
+        analyse_and_report(answer_frame, ssq_frame, pose_frame, screening=screening.value, out=out, root=root,
+                           context=context)
 
 
 def report_study(db: Path, *, screening: str, out: Path) -> Path:
     """Analyses a study database as ``panostudy analyze --db`` does; returns the report's HTML file."""
-    answers, ssq, poses = _load_db(str(db))
-    return analyse_and_report(answers, ssq, poses, screening=screening, out=out, root=Path(db).resolve().parent)
+    answers, ssq, poses, context = _load_db(str(db))
+    return analyse_and_report(answers, ssq, poses, screening=screening, out=out, root=Path(db).resolve().parent,
+                              context=context)
 
 
-def analyse_and_report(answers, ssq, poses, *, screening: str, out: Path, root: Path) -> Path:
+def analyse_and_report(answers, ssq, poses, *, screening: str, out: Path, root: Path, context=None) -> Path:
     """Runs the analysis with a progress bar, writes the report, prints Table 1; returns the HTML file."""
     from rich.progress import BarColumn, Progress, TextColumn
 
@@ -154,16 +205,20 @@ def analyse_and_report(answers, ssq, poses, *, screening: str, out: Path, root: 
             seen.append(name)
             progress.update(task, description=name)
 
-        result = run_analysis(answers, ssq=ssq, poses=poses, screening=screening, progress=advance)
+        result = run_analysis(answers, ssq=ssq, poses=poses, screening=screening, context=context, progress=advance)
         files = write_report(result, out, thumbnails=stimulus_thumbnails(result.answers, root=root), progress=advance)
         progress.advance(task)
 
+    for banner in result.banners:
+        console.print(f"[bold white on red] {banner} [/]", highlight=False)
     console.print(to_rich(result.table1))
     for note in result.table1.notes:
         console.print(f"  • {note}", highlight=False)
+    for warning in result.warnings:
+        console.print(f"  [bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     report_dir = files["report.html"].parent
     # Paths are printed unwrapped so that they can be copied whole.
     console.print(f"report: [bold]{files['report.html']}[/]", soft_wrap=True)
-    console.print(f"tables: {report_dir}/table1.csv, table1.md, table1.tex and {len(files) - 4} more files "
-                  f"(CSV tables, figures/*.png)", highlight=False, soft_wrap=True)
+    console.print(f"tables: {report_dir}/table1.csv, table1.md, table1.tex, datasheet.md and {len(files) - 5} more "
+                  f"files (CSV tables, figures/*.png)", highlight=False, soft_wrap=True)
     return files["report.html"]

@@ -92,6 +92,10 @@ def _run_or_resume(mode: Literal["run", "resume"], db, participant, backend, dri
         if scripted is not None:
             scripted.check(study.protocol)
         engine = SessionEngine.start(study, participant) if mode == "run" else SessionEngine.resume(study, participant)
+        if scripted is not None:
+            # Exports and reports say who answered; a report built from simulated ratings carries a banner.
+            source = {"source": "simulated", "seed": simulate} if simulate is not None else {"source": "replayed", "file": str(driver)}
+            engine.record_event("answers_source", source)
         _drive(engine, backend, scripted)
 
 

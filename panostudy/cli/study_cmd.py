@@ -115,29 +115,54 @@ def delete_participant(
 @study_app.command("export")
 def export(
     db: DbOption,
-    out: Annotated[Path, typer.Option("--out", help="Answers file, long format: .csv or .parquet.")],
-    ssq: Annotated[Optional[Path], typer.Option("--ssq", help="Also write SSQ answers (.csv or .parquet).")] = None,
-    poses: Annotated[Optional[Path], typer.Option("--poses", help="Also write head pose samples (.csv or .parquet).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="A folder (created) for the whole package: CSV tables, codebook.md, "
+                                      "datapackage.json, protocol.toml; or one answers file .csv/.parquet/.sav/.xlsx.")],
+    ssq: Annotated[Optional[Path], typer.Option("--ssq", help="With a file --out: also write SSQ answers to this file.")] = None,
+    poses: Annotated[Optional[Path], typer.Option("--poses", help="With a file --out: also write head poses to this file.")] = None,
+    parquet: Annotated[bool, typer.Option("--parquet", help="Package: every table as Parquet too.")] = False,
+    spss: Annotated[bool, typer.Option("--spss", help="Package: SPSS .sav files with the protocol's wording as labels.")] = False,
+    xlsx: Annotated[bool, typer.Option("--xlsx", help="Package: one Excel workbook (every table but the poses).")] = False,
+    no_poses: Annotated[bool, typer.Option("--no-poses", help="Package: leave the head-pose samples out.")] = False,
+    stimulus_root: Annotated[
+        Optional[Path], typer.Option("--stimulus-root", help="Folder stimulus paths are made relative to (default: the "
+                                     "deepest folder holding every stimulus).")
+    ] = None,
 ) -> None:
-    """Write every answer in long format (one row per answer; training rows flagged)."""
-    from study.export import check_output_path, load_answers, load_poses, load_ssq, write_frames
-    from study.outputs import check_distinct
+    """Export the study: a documented package for R, Python and SPSS, or the answers alone in long format."""
+    from study.errors import PanostudyError
+    from study.export import check_output_path, codebook_for_file, export_study, frame_writer, load_answers, load_poses, load_ssq
+    from study.outputs import check_distinct, write_all
     from study.store import open_study
 
+    if not out.suffix:
+        if ssq is not None or poses is not None:
+            raise PanostudyError("--ssq and --poses name files for a single-file export; a package folder holds them already")
+        with open_study(db) as study:
+            files = export_study(study, out, parquet=parquet, spss=spss, xlsx=xlsx, poses=not no_poses,
+                                 stimulus_root=stimulus_root)
+        console.print(f"wrote {len(files)} files to {out}: " + ", ".join(sorted(files)), soft_wrap=True, highlight=False)
+        return
+    if parquet or spss or xlsx or no_poses:
+        raise PanostudyError("--parquet, --spss, --xlsx and --no-poses go with a package folder --out (no suffix)")
     outputs = [(option, path) for option, path in (("--out", out), ("--ssq", ssq), ("--poses", poses)) if path is not None]
-    for option, path in outputs:
-        check_output_path(path, option)
-    check_distinct(outputs)
+    suffixes = {option: check_output_path(path, option) for option, path in outputs}
+    codebooks = [(option, path.with_name(path.stem + ".codebook.md")) for option, path in outputs]
+    check_distinct(outputs + codebooks)
     with open_study(db) as study:
-        frames = [(load_answers(study), out)]
+        frames = [("answers", "--out", out, load_answers(study, stimulus_root=stimulus_root))]
         if ssq is not None:
-            frames.append((load_ssq(study), ssq))
+            frames.append(("ssq", "--ssq", ssq, load_ssq(study)))
         if poses is not None:
-            frames.append((load_poses(study), poses))
+            frames.append(("poses", "--poses", poses, load_poses(study, stimulus_root=stimulus_root)))
     # All files or none: a failure writing the last one leaves the earlier ones unwritten too.
-    write_frames(frames)
-    for frame, path in frames:
-        console.print(f"wrote {len(frame)} rows to {path}", soft_wrap=True)
+    writes = []
+    for table, option, path, frame in frames:
+        text = codebook_for_file(table, frame)
+        writes += [(path, frame_writer(frame, suffixes[option])),
+                   (path.with_name(path.stem + ".codebook.md"), lambda target, text=text: target.write_text(text, encoding="utf-8"))]
+    write_all(writes)
+    for table, option, path, frame in frames:
+        console.print(f"wrote {len(frame)} rows to {path} (codebook: {path.stem}.codebook.md)", soft_wrap=True)
 
 
 @study_app.command("info")

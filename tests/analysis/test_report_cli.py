@@ -25,12 +25,12 @@ def test_report_is_self_contained_html_with_embedded_images(written):
     result, files, _ = written
     page = files["report.html"].read_text(encoding="utf-8")
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 5  # MOS, bias, distributions, SSQ, heat maps
+    assert len(images) == 6  # MOS, bias, distributions, SOS, SSQ, heat maps
     assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
     assert "<link" not in page and "<script" not in page  # nothing fetched from elsewhere
     assert "pooled all items of all scales" in page and "Wilcoxon signed-rank" in page and "ICC(2,k)" in page
     for name in ("table1.csv", "table1.md", "table1.tex", "mixed_contrasts.csv", "reliability.csv", "ssq_test.csv",
-                 "figures/heatmaps.png"):
+                 "figures/heatmaps.png", "figures/sos.png", "datasheet.md", "sos.csv", "sensitivity.csv", "exclusions.csv"):
         assert name in files and files[name].is_file()
     table = pd.read_csv(files["table1.csv"])
     assert table.set_index(["scale", "scene"])["mos"].to_dict() == pytest.approx(
@@ -50,7 +50,7 @@ def test_failed_report_leaves_previous_report_untouched(written, tmp_path, monke
     result = written[0]
     # Figures are not what this test is about; a stand-in keeps it fast.
     monkeypatch.setattr(report_module, "_figures", lambda analysis, thumbnails: dict.fromkeys(
-        ("mos", "distributions", "bias", "heatmaps", "ssq"), b"\x89PNG\r\n\x1a\n"))
+        ("mos", "distributions", "bias", "heatmaps", "ssq", "sos"), b"\x89PNG\r\n\x1a\n"))
     out = tmp_path / "report"
     write_report(result, out)
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -108,6 +108,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(small_study, tmp_path):
         "no answers of that study": ["--answers", _write(answers, tmp_path / "all.csv"), "--study", "other"],
         "no such database file": ["--db", str(tmp_path / "missing.sqlite")],
         "exactly one of --db": [],
+        "no datapackage.json there": ["--export", str(tmp_path)],
     }
     for message, args in cases.items():
         result = CliRunner().invoke(app, ["analyze", *args, "--out", str(tmp_path / "out")])
@@ -125,3 +126,71 @@ def test_cli_empty_study_database_exits_2(tmp_path):
     assert result.output.strip().splitlines() == [
         "error: the study has no answers (empty database or export); run sessions first, then analyse"]
     assert not (tmp_path / "out").exists()
+
+
+def test_report_reads_as_a_reviewer_expects(written):
+    result, files, _ = written
+    page = files["report.html"].read_text(encoding="utf-8")
+    # A simulated study says so on every page (a fixed banner repeats on printed pages), in the tables and figures.
+    assert "class='banner'" in page and "SIMULATED RATINGS" in page and ".banner{position:fixed" in page
+    assert "SIMULATED RATINGS" in files["table1.md"].read_text() and "SIMULATED RATINGS" in files["table1.tex"].read_text()
+    # Table 1: scales down, scenes across, no empty column; t and BCa intervals.
+    assert "<th>Scale \\ Scene</th><th>vehicle</th>" in page and "BCa [" in page
+    # p values below 0.001 are written as such, never as 0.000.
+    contrasts = page[page.index("Scene effect per scale"):page.index("Rating diversity")]
+    assert "&lt; 0.001" in contrasts and ">0.000<" not in contrasts
+    # The SSQ test is described once, above its table.
+    assert page.count("Wilcoxon signed-rank") == 1
+    assert "panostudy 0." in page or "panostudy unknown" in page
+    sheet = files["datasheet.md"].read_text()
+    for heading in ("## 1. Motivation", "## 2. Stimuli and their provenance", "## 3. Participants",
+                    "## 4. Test environment and equipment", "## 5. Procedure (protocol)",
+                    "## 6. Processing: screening and exclusions", "## 8. Distribution and licence", "## 9. Known limitations"):
+        assert heading in sheet
+    assert "SIMULATED RATINGS" in sheet
+
+
+def test_one_stimulus_per_scene_says_what_the_inference_is_about(tmp_path):
+    from analysis.mixed import CONFOUNDED_NOTE
+    from analysis.simulate import simulate_study
+
+    study = simulate_study(n_participants=8, stimuli_per_scene=1, pose_rate_hz=0, seed=3)
+    result = analyze(study.answers, screening="none")
+    assert all(e.design_note == CONFOUNDED_NOTE for e in result.scene_effects)
+    page = report_module.render_html(result, dict.fromkeys(("mos", "distributions", "bias", "heatmaps", "sos"), b"x"))
+    assert "What this inference is about." in page and "not about the scenes in general" in page
+
+
+def test_context_gives_demographics_exclusions_and_the_appendix(small_study):
+    from study.protocol import DEFAULT_PROTOCOL, load_protocol
+
+    protocol = load_protocol(DEFAULT_PROTOCOL)
+    codes = [f"P{i:03d}" for i in range(1, 11)]
+    participants = pd.DataFrame({"participant": codes, "age": [21, 25, 30, 35, 40, None, 22, 28, 33, 45],
+                                 "gender": ["f", "m"] * 5, "vision_correction": ["none"] * 6 + ["glasses"] * 4})
+    sessions = pd.DataFrame({"participant": codes, "session": range(1, 11),
+                             "status": ["completed"] * 9 + ["withdrawn"], "duration_min": [25.0] * 9 + [12.0],
+                             "withdraw_reason": [None] * 9 + ["nausea"], "withdrawn_at_step": [None] * 9 + ["trial/5/ACR/overall"]})
+    flagged = pd.DataFrame({"participant": ["P002", "P003"], "session_number": [1, 1], "station": ["lab-1", "lab-2"],
+                            "trial_index": [3, 4], "flag": ["pose-rate-low", "interrupted"],
+                            "detail": ["12 Hz of 30", "stimulus interrupted by a pause"]})
+    context = report_module.StudyContext(protocol=protocol, participants=participants, sessions=sessions,
+                                         flagged_trials=flagged)
+    kept = analyze(small_study.answers, screening="none", context=context)
+    demo = kept.demographics.set_index("measure")["value"]
+    assert demo["age (years)"].startswith("mean 31.0, SD 8.1, range 21–45 (given by 9 of 10)")
+    assert demo["gender"] == "f 5, m 5" and demo["vision correction"] == "none 6, glasses 4"
+    assert "10 sessions: mean 23.7 min" in kept.durations.attrs["summary"]
+    what = kept.exclusions.set_index("participant")
+    assert what.loc["P010", "what"] == "withdrawn session" and "nausea at step trial/5/ACR/overall" in what.loc["P010", "detail"]
+    assert what.loc["P002", "what"] == "flagged trial: pose-rate-low" and what.loc["P002", "effect"] == "kept (flagged only)"
+    dropped = analyze(small_study.answers, screening="none", context=context, exclude_flagged=True)
+    answers_in_flagged = ((kept.answers["participant"].isin(["P002"]) & (kept.answers["trial_index"] == 3))
+                          | (kept.answers["participant"].isin(["P003"]) & (kept.answers["trial_index"] == 4))).sum()
+    assert answers_in_flagged == 18 and len(dropped.answers) == len(kept.answers) - answers_in_flagged
+    assert (dropped.exclusions["effect"] == "answers removed").sum() == 2
+    page = report_module.render_html(kept, dict.fromkeys(("mos", "distributions", "bias", "heatmaps", "sos"), b"x"))
+    assert f"SHA-256 <code>{protocol.sha256}</code>" in page and "dong2025" in page
+    for scale in protocol.scales:
+        for item in scale.items:
+            assert item.question in page

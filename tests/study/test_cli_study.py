@@ -64,7 +64,27 @@ def test_a_study_runs_from_init_to_export(study, tmp_path):
     assert result.exit_code == 0, result.output
     answers = read_answers(out)
     assert len(answers) == 30 and set(answers["participant"]) == {"P01", "P02"}
+    assert (answers["answer_source"] == "simulated").all()  # --simulate is recorded with the session
     assert len(pd.read_csv(tmp_path / "ssq.csv")) == 64 and len(pd.read_csv(tmp_path / "poses.csv")) == 500
+    assert "| value |" in (tmp_path / "answers.codebook.md").read_text()
+    result = invoke("study", "export", "--db", study, "--out", tmp_path / "package" / "v1", "--spss")
+    assert result.exit_code == 0, result.output
+    for name in ("answers.csv", "participants.csv", "sessions.csv", "stimuli.csv", "codebook.md", "datapackage.json",
+                 "protocol.toml", "ratings_wide.sav"):
+        assert (tmp_path / "package" / "v1" / name).is_file(), name
+    participants = pd.read_csv(tmp_path / "package" / "v1" / "participants.csv")
+    assert participants["age"].tolist() == [30, 30]
+    # The export analyses like the database: same Table 1, protocol, demographics and the simulated-ratings banner.
+    for source in (["--export", tmp_path / "package" / "v1"], ["--db", study]):
+        report = tmp_path / "reports" / source[0].strip("-")
+        result = invoke("analyze", *source, "--out", report, "--screening", "none")
+        assert result.exit_code == 0, result.output
+        page = (report / "report.html").read_text(encoding="utf-8")
+        assert "SIMULATED RATINGS" in page and "Protocol <b>tiny</b>" in page and "Overall quality?" in page
+        assert "mean 30.0" in page and "2 sessions: mean" in page
+        assert "SIMULATED RATINGS" in (report / "datasheet.md").read_text()
+    tables = [pd.read_csv(tmp_path / "reports" / name / "table1.csv") for name in ("export", "db")]
+    pd.testing.assert_frame_equal(tables[0], tables[1])
 
 
 def test_resume_withdraw_and_delete(study):
@@ -131,7 +151,7 @@ def test_bad_databases_exit_2(study, tmp_path):
     one_line_error(invoke("study", "init", "--db", tmp_path / "new.sqlite", "--protocol", tmp_path / "broken.toml"),
                    "broken.toml", "invalid TOML")
     assert not (tmp_path / "new.sqlite").exists()
-    one_line_error(invoke("study", "export", "--db", study, "--out", tmp_path / "a.xlsx"), "a.xlsx", ".csv or .parquet")
+    one_line_error(invoke("study", "export", "--db", study, "--out", tmp_path / "a.json"), "a.json", "unknown export format")
 
 
 def test_an_unusable_backend_is_refused_before_the_session_is_planned(study, monkeypatch):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from _studykit import make_study
@@ -9,7 +12,10 @@ from _studykit import make_study
 from study.driver import RaterModel, ReplayAnswers, ScriptedDriver
 from study.engine import SessionEngine
 from study.errors import PanostudyError, SessionError
-from study.export import ANSWER_COLUMNS, export_answers, load_answers, load_poses, load_ssq, read_answers
+from study.export import (
+    ANSWER_COLUMNS, CODEBOOK, TABLES, export_answers, export_study, load_answers, load_participants, load_poses,
+    load_sessions, load_ssq, load_stimuli, read_answers, read_table,
+)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -48,14 +54,19 @@ def test_csv_and_parquet_round_trip_to_the_same_frame(finished, tmp_path):
     parquet = export_answers(finished, tmp_path / "answers.parquet")
     pd.testing.assert_frame_equal(read_answers(csv), answers)
     pd.testing.assert_frame_equal(read_answers(parquet), answers)
-    with pytest.raises(PanostudyError, match="unknown export format '.xlsx'"):
-        export_answers(finished, tmp_path / "answers.xlsx")
-    assert not (tmp_path / "answers.xlsx").exists()
+    with pytest.raises(PanostudyError, match="unknown export format '.json'"):
+        export_answers(finished, tmp_path / "answers.json")
+    assert not (tmp_path / "answers.json").exists()
+    # A missing output folder is created.
+    nested = export_answers(finished, tmp_path / "new" / "deeper" / "answers.csv")
+    pd.testing.assert_frame_equal(read_answers(nested), answers)
 
 
 def test_ssq_and_poses(finished):
     ssq = load_ssq(finished)
-    assert list(ssq.columns) == ["participant", "session", "phase", "item", "value"]
+    assert list(ssq.columns) == ["participant", "session", "phase", "item", "item_name", "value"]
+    names = dict(zip(ssq["item"], ssq["item_name"]))
+    assert names[1] == "General discomfort" and names[14] == "Vertigo" and len(names) == 16
     assert len(ssq) == 2 * 2 * 16 and ssq["value"].between(0, 3).all()
     assert sorted(ssq.query("participant == 'P01' and phase == 'post'")["item"]) == list(range(1, 17))
     poses = load_poses(finished)
@@ -107,3 +118,104 @@ def test_answer_files_are_checked(tmp_path):
         ScriptedDriver(ReplayAnswers.from_file(tmp_path / "short.json")).run(engine)
     assert engine.current().key == "ssq/pre/1"
     db.close()
+
+
+# --- the export package ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def package(finished, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pkg") / "new" / "export"  # parents are created
+    files = export_study(finished, out, parquet=True, spss=True, xlsx=True)
+    return out, files
+
+
+def test_every_column_of_every_export_has_a_codebook_entry(package):
+    """A column added to an export without documenting it in CODEBOOK fails here."""
+    out, files = package
+    descriptor = json.loads((out / "datapackage.json").read_text())
+    described = {r["name"]: [f["name"] for f in r["schema"]["fields"]] for r in descriptor["resources"]}
+    codebook = (out / "codebook.md").read_text()
+    for table in TABLES:
+        header = list(pd.read_csv(out / f"{table}.csv", nrows=0).columns)
+        assert header == list(TABLES[table]), table
+        assert set(header) <= set(CODEBOOK[table]), (table, set(header) - set(CODEBOOK[table]))
+        assert described[table] == header
+        assert all(f"| {column} |" in codebook for column in header)
+        assert list(pd.read_parquet(out / f"{table}.parquet").columns) == header
+    for sav in ("answers", "participants", "sessions", "stimuli", "ssq"):
+        import pyreadstat
+
+        _, meta = pyreadstat.read_sav(str(out / f"{sav}.sav"), metadataonly=True)
+        assert set(meta.column_names) <= set(CODEBOOK[sav])
+        assert all(label for label in meta.column_labels)
+
+
+def test_tables_load_back_with_their_types(finished, package):
+    out, _ = package
+    root = json.loads((out / "datapackage.json").read_text())["panostudy:stimulus_root"]
+    pd.testing.assert_frame_equal(read_table(out / "answers.csv", "answers"), load_answers(finished, stimulus_root=root))
+    pd.testing.assert_frame_equal(read_table(out / "participants.csv", "participants"), load_participants(finished))
+    pd.testing.assert_frame_equal(read_table(out / "sessions.csv", "sessions"), load_sessions(finished))
+    pd.testing.assert_frame_equal(read_table(out / "stimuli.csv", "stimuli"), load_stimuli(finished, stimulus_root=root))
+    pd.testing.assert_frame_equal(read_table(out / "ssq.csv", "ssq"), load_ssq(finished))
+    sessions = load_sessions(finished)
+    assert (sessions["status"] == "completed").all() and (sessions["duration_min"] > 0).all()
+    assert (sessions["backend"].isna()).all()  # the scripted driver rendered nothing
+    sheets = pd.read_excel(out / "export.xlsx", sheet_name=None)
+    assert set(sheets) == {"answers", "participants", "sessions", "stimuli", "ssq", "codebook"}
+    assert len(sheets["answers"]) == len(load_answers(finished)) and sheets["answers"]["value"].dtype == "int64"
+
+
+def test_stimuli_are_relative_to_the_root_with_their_hashes(finished, package):
+    from study.stimuli import file_sha256
+
+    out, _ = package
+    root = Path(json.loads((out / "datapackage.json").read_text())["panostudy:stimulus_root"])
+    stimuli = read_table(out / "stimuli.csv", "stimuli")
+    answers = read_table(out / "answers.csv", "answers")
+    assert not any(Path(p).is_absolute() for p in stimuli["stimulus"])
+    for path, sha in zip(stimuli["stimulus"], stimuli["sha256"]):
+        assert file_sha256(root / path) == sha
+    assert set(answers["stimulus"]) <= set(stimuli["stimulus"])
+    assert stimuli["training"].sum() == 1 and not stimuli["placeholder"].any()
+
+
+def test_spss_files_carry_the_protocols_wording(package):
+    import pyreadstat
+
+    out, _ = package
+    ssq, meta = pyreadstat.read_sav(str(out / "ssq.sav"))
+    assert meta.variable_value_labels["value"] == {0: "None", 1: "Slight", 2: "Moderate", 3: "Severe"}
+    assert meta.variable_value_labels["item"][14] == "Vertigo"
+    assert ssq["value"].between(0, 3).all()
+    wide, meta = pyreadstat.read_sav(str(out / "ratings_wide.sav"))
+    assert {"ACR_overall", "VAR_clarity", "VAR_detail"} <= set(wide.columns)
+    labels = dict(zip(meta.column_names, meta.column_labels))
+    assert labels["ACR_overall"] == "ACR: Overall quality?"
+    assert meta.variable_value_labels["ACR_overall"] == {1: "Bad", 2: "Poor", 3: "Fair", 4: "Good", 5: "Excellent"}
+    assert meta.variable_value_labels["VAR_clarity"] == {1: "Very blurry", 5: "Very clear"}
+    assert len(wide) == 2 * 4  # 2 participants x 4 test trials, one row each
+    answers, _ = pyreadstat.read_sav(str(out / "answers.sav"))
+    assert answers["value"].dtype == "float64" and set(answers["training"]) == {0, 1}
+
+
+def test_datapackage_validates_with_frictionless(package):
+    frictionless = pytest.importorskip("frictionless")
+    out, _ = package
+    report = frictionless.validate(str(out / "datapackage.json"))
+    assert report.valid, report.flatten(["rowNumber", "fieldName", "type", "note"])[:5]
+
+
+def test_export_folder_rules(finished, package, tmp_path):
+    out, _ = package
+    before = sorted(p.name for p in out.iterdir())
+    export_study(finished, out)  # an earlier export is replaced as a whole
+    assert "answers.sav" not in {p.name for p in out.iterdir()} and "answers.sav" in before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(PanostudyError, match="not an earlier panostudy export"):
+        export_study(finished, tmp_path / "mine")
+    with pytest.raises(PanostudyError, match="a package is a folder"):
+        export_study(finished, tmp_path / "x.csv")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, DiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizerFast
 
 from generator.mask_guided_pipeline import TINY_MODEL
 from generator.projection import FrontFaceCanvas, front_face_canvas
@@ -169,7 +169,7 @@ class PanoramaCompletionPipeline(DiffusionPipeline):
         self,
         vae: AutoencoderKL,
         text_encoder: CLIPTextModel,
-        tokenizer: CLIPTokenizer,
+        tokenizer: CLIPTokenizerFast,
         unet: UNet2DConditionModel,
         controlnet: ControlNetModel,
         scheduler,
@@ -431,6 +431,7 @@ def load_panorama_pipeline(
     cpu_offload: bool = False,
     vae_tiling: bool = False,
     seed: int = 0,
+    config: str | None = None,
 ) -> PanoramaCompletionPipeline:
     """Load the completion pipeline.
 
@@ -438,11 +439,12 @@ def load_panorama_pipeline(
     ----------
     model : str
         A Stable Diffusion folder or hub id with ``vae/``, ``unet/``, ``text_encoder/``, ``tokenizer/``,
-        ``scheduler/`` (e.g. Diffusion360's ``sd-base`` folder, or ``stable-diffusion-v1-5/stable-diffusion-inpainting``),
-        or ``"tiny"`` for the offline random-weight model (with a 4-channel tiny ControlNet).
+        ``scheduler/`` (e.g. Diffusion360's ``sr-base`` folder, or ``stable-diffusion-v1-5/stable-diffusion-inpainting``),
+        a single ``.safetensors``/``.ckpt`` checkpoint, or ``"tiny"`` for the offline random-weight model (with a
+        4-channel tiny ControlNet).
     controlnet : str or None
-        A ControlNet folder or hub id (Diffusion360's ``sd-i2p`` folder, or ``lllyasviel/control_v11p_sd15_inpaint``);
-        required unless ``model`` is ``"tiny"``.
+        A ControlNet folder, hub id or single file (Diffusion360's ``sd-i2p``, or
+        ``lllyasviel/control_v11p_sd15_inpaint``); required unless ``model`` is ``"tiny"``.
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, …
     fp16 : bool
@@ -453,11 +455,13 @@ def load_panorama_pipeline(
         Decode in tiles (diffusers' VAE tiling); cuts decoder memory at high resolution.
     seed : int
         Weight seed of the tiny model (ignored otherwise).
+    config : str, optional
+        Config source of a single-file ``model`` (see :func:`generator.loading.load_base_components`).
 
     Raises
     ------
     PanostudyError
-        If a model cannot be loaded (the message names the path or id).
+        If a model cannot be loaded (the message names the option and the path or id).
     """
     if model != TINY_MODEL and controlnet is None:
         raise PanostudyError(
@@ -466,7 +470,7 @@ def load_panorama_pipeline(
         )
     return build_controlnet_pipeline(
         PanoramaCompletionPipeline, model, controlnet, tiny_conditioning_channels=4, options=("--model", "--controlnet"),
-        device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling, seed=seed,
+        device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling, seed=seed, config=config,
     )
 
 
@@ -482,46 +486,41 @@ def build_controlnet_pipeline(
     cpu_offload: bool,
     vae_tiling: bool,
     seed: int,
+    config: str | None = None,
 ):
     """Builds a ControlNet pipeline class of this package from a base model and a ControlNet, or the tiny pair.
 
     ``options`` names the two CLI options in error messages; ``"tiny"`` builds the offline random-weight
     components with a tiny ControlNet of ``tiny_conditioning_channels``. Same device and memory options as
-    :func:`load_panorama_pipeline`.
+    :func:`load_panorama_pipeline`; every module is loaded in the requested dtype.
     """
-    if (fp16 or cpu_offload) and not str(device).startswith("cuda"):
-        raise PanostudyError(f"--fp16 and --cpu-offload need a CUDA GPU but the device is '{device}'; drop them")
+    from diffusers import DDIMScheduler
+
+    from generator.loading import check_device, load_base_components, load_controlnet
+
+    check_device(device, fp16, cpu_offload)
+    dtype = torch.float16 if fp16 else torch.float32
     if model == TINY_MODEL:
         from generator.tiny import tiny_controlnet, tiny_sd_components
 
         parts = tiny_sd_components(seed)
-        pipeline = cls(
-            vae=parts["vae"],
-            text_encoder=parts["text_encoder"],
-            tokenizer=parts["tokenizer"],
-            unet=parts["unet"],
-            controlnet=tiny_controlnet(seed, conditioning_channels=tiny_conditioning_channels),
-            scheduler=parts["scheduler"],
-        )
+        control = tiny_controlnet(seed, conditioning_channels=tiny_conditioning_channels)
+        if fp16:
+            for module in (parts["vae"], parts["text_encoder"], parts["unet"], control):
+                module.to(dtype)
+        if controlnet not in (None, TINY_MODEL):
+            control = load_controlnet(controlnet, dtype=dtype, unet_config=parts["unet"].config, option=options[1])
     else:
-        from diffusers import DDIMScheduler
-
-        dtype = torch.float16 if fp16 else torch.float32
-        try:
-            pipeline = cls(
-                vae=AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype),
-                text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype),
-                tokenizer=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
-                unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype),
-                controlnet=ControlNetModel.from_pretrained(controlnet, torch_dtype=dtype),
-                scheduler=DDIMScheduler.from_pretrained(model, subfolder="scheduler"),
-            )
-        except (OSError, ValueError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise PanostudyError(
-                f"{options[0]} '{model}' / {options[1]} '{controlnet}': cannot load ({first_line}); pass local "
-                "folders in diffusers layout or hub ids that are in the local cache"
-            ) from None
+        parts = load_base_components(model, dtype=dtype, config=config, option=options[0])
+        control = load_controlnet(controlnet, dtype=dtype, unet_config=parts["unet"].config, option=options[1])
+    pipeline = cls(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=parts["unet"],
+        controlnet=control,
+        scheduler=DDIMScheduler.from_config(parts["scheduler"].config),
+    )
     if vae_tiling:
         pipeline.vae.enable_tiling()
     if cpu_offload:

@@ -162,8 +162,11 @@ def test_panorama_command_writes_a_gpano_png(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert read_gpano(out)["FullPanoWidthPixels"] == "256"
-    assert "seam discontinuity" in result.output
+    assert "lower is better" in result.output and "final 256x128: Discontinuity Score" in result.output
     assert json.loads(json.dumps(read_gpano(out)))  # plain strings, serialisable
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["stage2"]["preset"] == "panostudy" and sidecar["stage2"]["settings"]["steps"] == 2
+    assert sidecar["seams"]["discontinuity"] == pytest.approx(float(result.output.split("Discontinuity Score ")[1][:4]), abs=0.006)
 
 
 def test_accelerate_process_group_shards_and_merges_once(tmp_path, scenes, one_process_set, sr_weights):

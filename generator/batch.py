@@ -235,8 +235,8 @@ def generate_sets(
     guide_tokens : str
         ``phrase`` or ``head`` (see :func:`generator.mask_guided_pipeline.phrase_token_indices`).
     preview : bool
-        Quick check: stage 1 at 256 px (64 for the tiny model) in 10 steps, stage 2 at 512×256 in 8 steps, no SR
-        chain; recorded in the manifest.
+        Quick check: stage 1 at 256 px (64 for the tiny model) in at most 10 steps, stage 2 at most 512×256 in at
+        most 8 steps, no SR chain; recorded in the manifest.
 
     Returns
     -------
@@ -303,7 +303,8 @@ def generate_sets(
             chosen = dataclasses.replace(chosen, completion=settings)
         chosen = customise(chosen, refine_strength=refine_strength, **(overrides or {}))
         if preview:
-            chosen = customise(chosen, height=256, width=512, steps=min(chosen.completion.steps, 8))
+            width = min(chosen.completion.width, 512)
+            chosen = customise(chosen, height=width // 2, width=width, steps=min(chosen.completion.steps, 8))
         completion.check_inputs(np.zeros((8, 8, 3), np.uint8), chosen.completion)
         check_chain(chosen, sr=sr, has_sr_weights=sr_weights is not None, has_refiner=sr_base is not None)
         final = size or (chosen.final() if sr else (chosen.completion.width, chosen.completion.height))

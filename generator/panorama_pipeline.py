@@ -162,6 +162,13 @@ SCHEDULERS = {"ddim": "DDIMScheduler", "euler-ancestral": "EulerAncestralDiscret
               "unipc": "UniPCMultistepScheduler"}  # fmt: skip
 
 
+def step_options(scheduler, generator: torch.Generator) -> dict:
+    """``generator=`` for schedulers whose ``step`` draws noise (DDIM with eta, Euler-ancestral); UniPC takes none."""
+    import inspect
+
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+
 def use_scheduler(pipeline, name: str) -> None:
     """Give ``pipeline`` the scheduler ``name`` (a key of :data:`SCHEDULERS`) from its scheduler's config."""
     import diffusers
@@ -396,7 +403,9 @@ class PanoramaCompletionPipeline(DiffusionPipeline):
             progress(0, len(timesteps))
         for index, timestep in enumerate(timesteps):
             noise_pred = self._predict_noise(latents, control, timestep, embeddings, settings, inpaint_inputs)
-            latents = self.scheduler.step(noise_pred, timestep, latents, generator=generator, return_dict=False)[0]
+            latents = self.scheduler.step(
+                noise_pred, timestep, latents, **step_options(self.scheduler, generator), return_dict=False
+            )[0]
             if settings.keep_known:
                 latents = self._reinject_known(latents, known_latents, known_cells, timesteps, index, generator)
             if extent:

@@ -8,7 +8,9 @@ so that their mean is what it was before weighting. Its fixed positive suffix (`
 
 .. math:: e'_i = w_i\\, e_i \\cdot \\frac{\\operatorname{mean}(e)}{\\operatorname{mean}(w \\odot e)}
 
-Prompts longer than the text encoder's 75 tokens are truncated, as the plain encoder does.
+Prompts longer than the text encoder's 75 tokens are truncated, as the plain encoder does. Where the mean is
+too close to 0 for the ratio to mean anything (a random-weight text encoder whose final layer norm has no bias
+gives means of order 1e-8), the rescaling is skipped.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def weighted_embeddings(tokenizer, text_encoder, texts: list[str]) -> torch.Tens
     for text in texts:
         row, row_weights = [], []
         for span, weight in parse_weights(text):
-            tokens = tokenizer(span, add_special_tokens=False).input_ids
+            tokens = tokenizer(span, add_special_tokens=False, verbose=False).input_ids
             row += tokens
             row_weights += [weight] * len(tokens)
         row, row_weights = row[:limit], row_weights[:limit]
@@ -84,4 +86,6 @@ def weighted_embeddings(tokenizer, text_encoder, texts: list[str]) -> torch.Tens
     before = embeddings.float().mean(dim=(-2, -1))
     weighted = embeddings * factors[..., None]
     after = weighted.float().mean(dim=(-2, -1))
-    return weighted * (before / after).to(embeddings.dtype)[:, None, None]
+    meaningful = after.abs() > 1e-4 * weighted.float().abs().mean(dim=(-2, -1))
+    ratio = torch.where(meaningful, before / torch.where(meaningful, after, torch.ones_like(after)), torch.ones_like(after))
+    return weighted * ratio.to(embeddings.dtype)[:, None, None]

@@ -34,7 +34,13 @@ import numpy as np
 import torch
 
 from generator.mask_guided_pipeline import TINY_MODEL
-from generator.panorama_pipeline import SCHEDULERS, PanoramaCompletionPipeline, build_controlnet_pipeline, use_scheduler
+from generator.panorama_pipeline import (
+    SCHEDULERS,
+    PanoramaCompletionPipeline,
+    build_controlnet_pipeline,
+    step_options,
+    use_scheduler,
+)
 from generator.upscale import _wrap_pad
 from study.errors import PanostudyError, StimulusError
 
@@ -276,7 +282,9 @@ class TileRefinementPipeline(PanoramaCompletionPipeline):
                 noise_pred[:, :, rows].index_add_(3, columns, prediction * weight)
                 if progress is not None:
                     progress(index * len(windows) + number, total)
-            latents = self.scheduler.step(noise_pred, timestep, latents, generator=generator, return_dict=False)[0]
+            latents = self.scheduler.step(
+                noise_pred, timestep, latents, **step_options(self.scheduler, generator), return_dict=False
+            )[0]
         timings["denoise"] = time.perf_counter() - start
 
         # 5. Wrap-aware decoding

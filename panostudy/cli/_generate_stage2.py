@@ -206,8 +206,8 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
             raise StimulusError(f"{image}: cannot read the image ({exc})") from None
         if preview:
             sr = False
-            overrides = {**overrides, "width": overrides["width"] or 512, "height": overrides["height"] or 256,
-                         "steps": min(overrides["steps"] or 8, 8)}  # fmt: skip
+            width = min(overrides["width"] or 512, 512)
+            overrides = {**overrides, "width": width, "height": width // 2, "steps": min(overrides["steps"] or 8, 8)}
         device = "cuda" if _cuda_available() else "cpu"
         pipeline = load_panorama_pipeline(
             model, controlnet, device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling,

@@ -390,7 +390,7 @@ def _make_item(
     steps = options.steps or spec.steps
 
     start = time.perf_counter()
-    stage = f"stage 1 {item.id}"
+    stage = "stage 1"
     progress(stage, 0, steps)
     output = stage1(
         prompt=spec.prompt,

@@ -107,12 +107,13 @@ def print_seams(final, completion, unblended=None) -> None:
     from panostudy.cli._console import console
 
     after, before = seam_scores(final), seam_scores(completion)
-    console.print(SEAM_MEANING, soft_wrap=True)
+    console.print(SEAM_MEANING, soft_wrap=True, highlight=False)
     console.print(
         f"  final {final.shape[1]}x{final.shape[0]}: Discontinuity Score {after['discontinuity']:.2f}, wrap-L1 ratio "
         f"{after['wrap_l1_ratio']:.2f} (this panorama's interior column boundaries: DS median "
         f"{interior_discontinuity(final):.2f})",
         soft_wrap=True,
+        highlight=False,
     )
     line = (f"  completion {completion.shape[1]}x{completion.shape[0]}: DS {before['discontinuity']:.2f}, wrap-L1 "
             f"{before['wrap_l1_ratio']:.2f}")  # fmt: skip
@@ -120,7 +121,7 @@ def print_seams(final, completion, unblended=None) -> None:
         off = seam_scores(unblended)
         line += f"; without Eq. 4 blending and wrap decoding (same seed): DS {off['discontinuity']:.2f}, " \
                 f"wrap-L1 {off['wrap_l1_ratio']:.2f}"  # fmt: skip
-    console.print(line, soft_wrap=True)
+    console.print(line, soft_wrap=True, highlight=False)
 
 
 def add_stage2_commands(generate_app: typer.Typer) -> None:

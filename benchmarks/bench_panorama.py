@@ -151,7 +151,7 @@ def diffusion360_run(args, pipeline, image, width: int, label: str, device_name:
         rrdb = tiny_rrdb_state_dict(scale=2)
     refiner = TileRefinementPipeline(pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, pipeline.unet,
                                      tile_control, pipeline.scheduler)  # fmt: skip
-    refiner = refiner.to(args.device, torch.float16 if args.fp16 else torch.float32)
+    refiner = refiner.to(args.device, torch.float16) if args.fp16 else refiner.to(args.device)
     with tempfile.TemporaryDirectory() as folder:
         weights = Path(folder) / "RealESRGAN_x2plus.pth"
         torch.save(rrdb, weights)

@@ -88,14 +88,21 @@ def _completion_overrides(panorama_size, steps, guidance, prompt_prefix, blend=N
 
 @contextmanager
 def _notices_as_they_come():
-    """Print every warning raised inside (mask-fitting notices) at once as a one-line ``note:``."""
+    """Print mask-fitting notices raised inside at once as one-line ``note:``s; other warnings as usual."""
+    from generator.scene_spec import MaskResizeWarning
     from panostudy.cli._console import err_console
 
     with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = lambda message, *args, **kwargs: err_console.print(
-            f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True
-        )
+        warnings.simplefilter("always", MaskResizeWarning)
+        original = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            if issubclass(category, MaskResizeWarning):
+                err_console.print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
+            else:
+                original(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
         yield
 
 

@@ -61,26 +61,22 @@ GuideTokensOption = Annotated[
 ]
 
 
-def print_notices(caught) -> None:
-    """Print collected warnings (mask fitting and the like) as one ``note:`` line each."""
-    from panostudy.cli._console import err_console
-
-    for warning in caught:
-        err_console.print(f"[yellow]note:[/] {warning.message}", highlight=False, soft_wrap=True)
-
-
 def load_spec_with_notices(scene: Path, mask_fit: str | None):
     """The scene spec, its mask-fitting notices printed as they come."""
     from generator.masks import MASK_FITS
 
     if mask_fit is not None and mask_fit not in MASK_FITS:
         raise PanostudyError(f"--mask-fit {mask_fit}: use one of {', '.join(MASK_FITS)}")
+    from generator.scene_spec import MaskResizeWarning, load_scene_spec
+
+    from panostudy.cli._console import err_console
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        from generator.scene_spec import load_scene_spec
-
         spec = load_scene_spec(scene, mask_fit=mask_fit)
-    print_notices(caught)
+    for warning in caught:  # mask fitting is a notice of what was done; anything else is a warning
+        kind = "note" if issubclass(warning.category, MaskResizeWarning) else "warning"
+        err_console.print(f"[yellow]{kind}:[/] {warning.message}", highlight=False, soft_wrap=True)
     return spec
 
 

@@ -250,13 +250,22 @@ def generate_sets(
     """
     import torch
 
-    from generator.stage2 import Stage2Models, check_chain, choose_preset, customise, diffusion360_models, planned_chain
+    from generator.stage2 import (
+        Stage2Models,
+        check_chain,
+        check_preset_name,
+        choose_preset,
+        customise,
+        diffusion360_models,
+        planned_chain,
+    )
 
     # 1. Validate everything before writing anything
     if per_scene < 1:
         raise PanostudyError(f"--per-scene {per_scene}: must be at least 1")
     if image_format not in ("png", "jpg"):
         raise PanostudyError(f"--format {image_format}: must be png or jpg")
+    check_preset_name(preset)
     if size is not None and (size[0] != 2 * size[1] or size[0] > 8192):
         raise PanostudyError(f"--size {size[0]}x{size[1]}: must be 2:1 and at most 8192x4096")
     if diffusion360 is not None:

@@ -128,13 +128,18 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def check_preset_name(name: str) -> None:
+    """Refuse an unknown ``--preset`` before any model is loaded."""
+    if name != "auto" and name not in PRESETS:
+        raise PanostudyError(f"--preset {name}: use one of auto, {', '.join(PRESETS)}")
+
+
 def choose_preset(name: str, *, diffusion360_folder: bool, conditioning_channels: int, tiny: bool) -> Preset:
     """The preset ``name``, or for ``"auto"``: ``diffusion360`` when its models are given (its folder, or a
     non-tiny 4-channel mask + RGB ControlNet, the ``sd-i2p`` layout), else ``panostudy``."""
+    check_preset_name(name)
     if name == "auto":
         name = "diffusion360" if diffusion360_folder or (conditioning_channels == 4 and not tiny) else "panostudy"
-    if name not in PRESETS:
-        raise PanostudyError(f"--preset {name}: use one of auto, {', '.join(PRESETS)}")
     return PRESETS[name]
 
 

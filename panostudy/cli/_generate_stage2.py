@@ -189,6 +189,7 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         from generator.stage2 import (
             Stage2Models,
             check_chain,
+            check_preset_name,
             choose_preset,
             customise,
             diffusion360_models,
@@ -200,6 +201,7 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         from panostudy.cli._progress import GenerationProgress
 
         target = parse_size(size) if size else None
+        check_preset_name(preset)
         if diffusion360 is not None:
             found = diffusion360_models(diffusion360)
             model, controlnet = model or found["panorama_model"], controlnet or found["controlnet"]

@@ -4,7 +4,8 @@ Three modes run on the same components, each in its own process (so peak memory 
 
 - ``plain``: diffusers' ``StableDiffusionPipeline`` (SDPA attention everywhere),
 - ``unguided``: ``MaskGuidedStableDiffusionPipeline`` with ``guided_steps=0`` (our processors, no gradient),
-- ``guided``: the same with ``guided_steps`` steps of mask guidance (default 25 of 50).
+- ``guided``: the same with ``guided_steps`` steps of mask guidance (default 25 of 50),
+- ``guided-head``: the same guiding each object's head noun only (``guide_tokens="head"``).
 
 Default: the offline tiny model at 64×64 on the CPU (goal: guided / plain ≤ 2.0×). ``--sd15`` builds an SD-1.5-sized
 random-weight model (UNet 320-640-1280-1280, CLIP-L-sized text encoder, SD VAE) at 512×512, fp16 on a GPU
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PROMPT = "a red car driving on an asphalt road between tall buildings under a blue sky"
+MODES = ("plain", "unguided", "guided", "guided-head")
 
 
 def worker(mode: str, sd15: bool, steps: int, guided: int, repeats: int, threads: int) -> dict:
@@ -58,7 +60,8 @@ def worker(mode: str, sd15: bool, steps: int, guided: int, repeats: int, threads
             return pipe(PROMPT, height=size, width=size, num_inference_steps=steps, generator=generator,
                         output_type="np")  # fmt: skip
         return pipe(PROMPT, spec.objects, masks, height=size, width=size, num_inference_steps=steps,
-                    guided_steps=guided if mode == "guided" else 0, generator=generator, output_type="np")  # fmt: skip
+                    guided_steps=0 if mode == "unguided" else guided, generator=generator, output_type="np",
+                    guide_tokens="head" if mode == "guided-head" else "phrase")  # fmt: skip
 
     def sync():
         if device == "cuda":
@@ -94,14 +97,14 @@ def main() -> None:
     parser.add_argument("--guided", type=int, default=25, help="guided steps of the guided mode")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--worker", choices=("plain", "unguided", "guided"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.sd15, args.steps, args.guided, args.repeats, args.threads)))
         return
 
     results = {}
-    for mode in ("plain", "unguided", "guided"):
+    for mode in MODES:
         command = [sys.executable, __file__, "--worker", mode, "--steps", str(args.steps), "--guided",
                    str(args.guided), "--repeats", str(args.repeats), "--threads", str(args.threads)]  # fmt: skip
         if args.sd15:
@@ -114,15 +117,16 @@ def main() -> None:
     model = "SD-1.5-sized random weights, 512x512" if args.sd15 else "tiny offline model, 64x64"
     print(f"mask guidance cost — {model}, {args.steps} steps, {args.guided} guided, "
           f"median of {args.repeats} — {results['guided']['device']}")  # fmt: skip
-    print(f"{'mode':<10} {'median s':>9} {'min s':>8} {'peak RSS MiB':>13} {'peak CUDA MiB':>14}")
+    print(f"{'mode':<11} {'median s':>9} {'min s':>8} {'peak RSS MiB':>13} {'peak CUDA MiB':>14}")
     medians = {}
     for mode, result in results.items():
         medians[mode] = statistics.median(result["times_s"])
         cuda = result.get("peak_cuda_allocated_mib")
-        print(f"{mode:<10} {medians[mode]:>9.3f} {min(result['times_s']):>8.3f} {result['peak_rss_mib']:>13.0f} "
+        print(f"{mode:<11} {medians[mode]:>9.3f} {min(result['times_s']):>8.3f} {result['peak_rss_mib']:>13.0f} "
               f"{'-' if cuda is None else f'{cuda:.0f}':>14}")  # fmt: skip
     print(f"guided / plain    = {medians['guided'] / medians['plain']:.2f}x  (goal <= 2.0x)")
     print(f"guided / unguided = {medians['guided'] / medians['unguided']:.2f}x")
+    print(f"guided-head / guided = {medians['guided-head'] / medians['guided']:.2f}x  (head noun only vs phrase sum)")
     print(f"unguided / plain  = {medians['unguided'] / medians['plain']:.2f}x  (cost of explicit cross-attention)")
 
 

@@ -31,8 +31,8 @@ from generator.panorama_pipeline import PanoramaSettings, load_panorama_pipeline
 from generator.projection import reprojection_error
 from generator.scene_spec import Layout, SceneSpec, load_scene_spec
 from generator.seams import seam_scores
-from generator.tile_refine import TileRefineSettings, load_tile_refiner
-from generator.upscale import DEFAULT_SIZE, load_sr_model, upscale_panorama
+from generator.tile_refine import load_tile_refiner
+from generator.upscale import load_sr_model
 from generator.xmp import save_panorama
 from study.errors import PanostudyError, SceneSpecError
 
@@ -90,7 +90,7 @@ def shard(items: list[SetItem], rank: int, world_size: int) -> list[SetItem]:
     return [item for item in items if item.index % world_size == rank]
 
 
-def load_specs(scenes_dir: str | Path) -> list[SceneSpec]:
+def load_specs(scenes_dir: str | Path, mask_fit: str | None = None) -> list[SceneSpec]:
     """Every ``*.toml`` scene spec of a folder, validated (masks included), in file-name order."""
     scenes_dir = Path(scenes_dir)
     if not scenes_dir.is_dir():
@@ -98,7 +98,7 @@ def load_specs(scenes_dir: str | Path) -> list[SceneSpec]:
     paths = sorted(scenes_dir.glob("*.toml"))
     if not paths:
         raise SceneSpecError(f"--scenes {scenes_dir}: holds no .toml scene specs")
-    specs = [load_scene_spec(path) for path in paths]
+    specs = [load_scene_spec(path, mask_fit=mask_fit) for path in paths]
     names = [spec.scene for spec in specs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -130,6 +130,15 @@ def _default_device(rank: int) -> str:
     return "cpu"
 
 
+@dataclass(frozen=True)
+class Stage1Options:
+    """How stage 1 runs for every item: size and steps overrides (None: the spec's), mask fitting, guided tokens."""
+
+    size: int | None = None
+    steps: int | None = None
+    guide_tokens: str = "phrase"
+
+
 def generate_sets(
     scenes_dir: str | Path,
     per_scene: int,
@@ -137,13 +146,15 @@ def generate_sets(
     out_dir: str | Path,
     rank: int | None = None,
     world_size: int | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
     *,
     controlnet: str | None = None,
     panorama_model: str | None = None,
     sr_weights: str | Path | None = None,
-    size: tuple[int, int] = DEFAULT_SIZE,
+    size: tuple[int, int] | None = None,
+    preset: str = "auto",
     settings: PanoramaSettings | None = None,
+    overrides: dict | None = None,
     stage1_size: int | None = None,
     stage1_steps: int | None = None,
     fp16: bool = False,
@@ -155,7 +166,16 @@ def generate_sets(
     device: str | None = None,
     sr_base: str | None = None,
     sr_control: str | None = None,
-    refine_strength: float = TileRefineSettings.strength,
+    refine_strength: float | None = None,
+    diffusion360: str | Path | None = None,
+    model_config: str | None = None,
+    panorama_model_config: str | None = None,
+    sr_base_config: str | None = None,
+    sr: bool = True,
+    final_pass: bool = True,
+    mask_fit: str | None = None,
+    guide_tokens: str = "phrase",
+    preview: bool = False,
 ) -> SetRunResult:
     """Generate (this process's share of) a scene set into ``out_dir``.
 
@@ -166,25 +186,31 @@ def generate_sets(
     per_scene : int
         Panoramas per scene (at most the spec's layouts × seeds).
     model : str or None
-        Stage-1 model id or folder; None uses each spec's ``model``; ``"tiny"`` is the offline random model.
+        Stage-1 model id, folder or single file; None uses each spec's ``model``; ``"tiny"`` is the offline
+        random model.
     out_dir : path
         Receives ``<scene>/<layout>_s<seed>.png`` (+ ``_front.png``), the per-rank manifests and ``manifest.jsonl``.
     rank, world_size : int, optional
         This process's share; default from accelerate (1 process when not launched by it).
     progress : callable, optional
-        ``progress(done, total, item_id)`` after each item of this process (skipped ones included).
+        ``progress(stage, done, total)``: ``"panoramas"`` after each item of this process (skipped ones
+        included), and the denoising steps and tiles of every stage of the item in progress.
     controlnet : str, optional
         Stage-2 ControlNet (see :func:`generator.panorama_pipeline.load_panorama_pipeline`).
     panorama_model : str, optional
         Stage-2 base model; default the stage-1 model.
     sr_weights : path, optional
-        Real-ESRGAN weights; without them the panorama is resized (wrap-aware bicubic) to ``size``.
-    size : (width, height)
-        Final panorama size, 2:1 (4096×2048 by default, 8192×4096 at most).
+        Real-ESRGAN weights; without them the panorama is resized (wrap-aware bicubic).
+    size : (width, height), optional
+        Final panorama size, 2:1, at most 8192×4096; default the preset's.
+    preset : str
+        ``auto``, ``diffusion360`` or ``panostudy`` (see :mod:`generator.stage2`).
     settings : PanoramaSettings, optional
-        Stage-2 parameters (canvas size, steps, blending, ...).
+        Replaces the preset's completion settings as a whole (tests, the tiny model).
+    overrides : dict, optional
+        Completion settings replaced one by one (``{"steps": 30, "width": None, ...}``; None keeps the preset's).
     stage1_size, stage1_steps : int, optional
-        Override the specs' stage-1 image side and step count (tests and the tiny model).
+        Override the specs' stage-1 image height (the width keeps the spec's aspect) and step count.
     fp16, cpu_offload, vae_tiling : bool
         Memory options for GPUs.
     sr_tile, sr_overlap : int
@@ -193,10 +219,24 @@ def generate_sets(
     device : str, optional
         Default: this rank's GPU when there is one, else the CPU.
     sr_base, sr_control : str, optional
-        Both or neither: Diffusion360's ``sr-base`` model and tile ControlNet ``sr-control`` (or ``"tiny"`` for
-        both); given, the upscaled panorama gets the ControlNet-tile refinement of :mod:`generator.tile_refine`.
-    refine_strength : float
-        The refinement's img2img strength in [0, 1].
+        Both or neither: the tile-refinement base model and tile ControlNet (Diffusion360's ``sr-base`` and
+        ``sr-control``, or ``"tiny"`` for both).
+    refine_strength : float, optional
+        Replaces the strength of every refinement of the preset.
+    diffusion360 : path, optional
+        Diffusion360's model folder: fills the stage-2 models, the refinement models and the Real-ESRGAN weights
+        (see :data:`generator.stage2.DIFFUSION360_FILES`) and makes ``diffusion360`` the ``auto`` preset.
+    model_config, panorama_model_config, sr_base_config : str, optional
+        Config sources of single-file base models (see :func:`generator.loading.load_base_components`).
+    sr, final_pass : bool
+        Run the SR chain; run its optional last refinement.
+    mask_fit : str, optional
+        Overrides the specs' ``mask_fit``.
+    guide_tokens : str
+        ``phrase`` or ``head`` (see :func:`generator.mask_guided_pipeline.phrase_token_indices`).
+    preview : bool
+        Quick check: stage 1 at 256 px (64 for the tiny model) in at most 10 steps, stage 2 at most 512×256 in at
+        most 8 steps, no SR chain; recorded in the manifest.
 
     Returns
     -------
@@ -210,79 +250,102 @@ def generate_sets(
     """
     import torch
 
+    from generator.stage2 import (
+        Stage2Models,
+        check_chain,
+        check_preset_name,
+        choose_preset,
+        customise,
+        diffusion360_models,
+        planned_chain,
+    )
+
     # 1. Validate everything before writing anything
     if per_scene < 1:
         raise PanostudyError(f"--per-scene {per_scene}: must be at least 1")
     if image_format not in ("png", "jpg"):
         raise PanostudyError(f"--format {image_format}: must be png or jpg")
-    settings = settings or PanoramaSettings()
-    width, height = size
-    if width != 2 * height or width > 8192:
-        raise PanostudyError(f"--size {width}x{height}: must be 2:1 and at most 8192x4096")
+    check_preset_name(preset)
+    if size is not None and (size[0] != 2 * size[1] or size[0] > 8192):
+        raise PanostudyError(f"--size {size[0]}x{size[1]}: must be 2:1 and at most 8192x4096")
+    if diffusion360 is not None:
+        found = diffusion360_models(diffusion360)
+        panorama_model, controlnet = panorama_model or found["panorama_model"], controlnet or found["controlnet"]
+        sr_base, sr_control = sr_base or found["sr_base"], sr_control or found["sr_control"]
+        sr_weights = sr_weights or found["sr_weights"]
     if (sr_base is None) != (sr_control is None):
         raise PanostudyError("--sr-base and --sr-control: give both (Diffusion360's sr-base and sr-control) or neither")
-    refine_settings = TileRefineSettings(strength=refine_strength)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PanostudyError(f"--out {out_dir}: exists and is not a folder; choose a folder for the stimuli")
-    specs = load_specs(scenes_dir)
+    specs = load_specs(scenes_dir, mask_fit)
     rank, world_size, state = _rank_and_world(rank, world_size)
     if device is None:
         multi = state is not None and state.num_processes > 1
         device = str(state.device) if multi and state.device.type == "cuda" else _default_device(rank)
-    sr_model = load_sr_model(sr_weights, device=device, fp16=fp16) if sr_weights is not None else None
-    refiner = None
-    if sr_base is not None:
-        refiner = load_tile_refiner(
-            sr_base, sr_control, device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling
-        )
-        refiner.check_inputs(height, width, refine_settings)
+    if preview:
+        sr, stage1_steps = False, min(stage1_steps or 10, 10)
+    stage1 = Stage1Options(size=stage1_size, steps=stage1_steps, guide_tokens=guide_tokens)
 
     items = plan_items(specs, per_scene)
     mine = shard(items, rank, world_size)
     done = finished_ids(out_dir)
     todo = [item for item in mine if item.id not in done]
     skipped = len(mine) - len(todo)
-    if progress is not None:
-        for position in range(skipped):
-            progress(position + 1, len(mine), "skipped")
+    report = progress or (lambda stage, done, total: None)
+    report("panoramas", skipped, len(mine))
 
-    # 2. Load the models this process needs (stage 1 per model id, shared stage 2)
+    # 2. Load the models this process needs (stage 1 per model id, shared stage 2), check the chain's needs
     written: list[dict] = []
     if todo:
         stage2_reference = panorama_model or model or todo[0].spec.model
-        stage2 = load_panorama_pipeline(
-            stage2_reference, controlnet, device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling
-        )
+        stage2_config = panorama_model_config if panorama_model else model_config
+        completion = load_panorama_pipeline(
+            stage2_reference, controlnet, device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling,
+            config=stage2_config, option="--panorama-model" if panorama_model else "--model",
+        )  # fmt: skip
+        chosen = choose_preset(
+            preset, diffusion360_folder=diffusion360 is not None,
+            conditioning_channels=completion.conditioning_channels, tiny=stage2_reference == "tiny",
+        )  # fmt: skip
+        if settings is not None:
+            chosen = dataclasses.replace(chosen, completion=settings)
+        chosen = customise(chosen, refine_strength=refine_strength, **(overrides or {}))
+        if preview:
+            width = min(chosen.completion.width, 512)
+            chosen = customise(chosen, height=width // 2, width=width, steps=min(chosen.completion.steps, 8))
+        completion.check_inputs(np.zeros((8, 8, 3), np.uint8), chosen.completion)
+        check_chain(chosen, sr=sr, has_sr_weights=sr_weights is not None, has_refiner=sr_base is not None)
+        final = size or (chosen.final() if sr else (chosen.completion.width, chosen.completion.height))
+        sr_model = load_sr_model(sr_weights, device=device, fp16=fp16) if sr_weights is not None and sr else None
+        refiner = None
+        if sr_base is not None and sr:
+            refiner = load_tile_refiner(
+                sr_base, sr_control, device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling,
+                config=sr_base_config,
+            )  # fmt: skip
+            for step in planned_chain(chosen, sr=sr, final_pass=final_pass, has_refiner=True):
+                if hasattr(step, "settings"):
+                    refiner.check_inputs(final[1], final[0], step.settings)
+        models = Stage2Models(completion=completion, sr_model=sr_model, refiner=refiner)
+        references = {"stage2": stage2_reference, "controlnet": controlnet, "sr_weights": sr_weights,
+                      "sr_base": sr_base, "sr_control": sr_control}  # fmt: skip
         stage1_pipelines: dict[str, object] = {}
         manifest_path = rank_manifest_path(out_dir, rank)
         for position, item in enumerate(todo, start=skipped + 1):
             stage1_reference = model or item.spec.model
             if stage1_reference not in stage1_pipelines:
-                stage1 = load_mask_guided_pipeline(stage1_reference, device=device, fp16=fp16, cpu_offload=cpu_offload)
-                stage1.set_progress_bar_config(disable=True)  # the set's own progress bar covers it
-                stage1_pipelines[stage1_reference] = stage1
+                pipeline = load_mask_guided_pipeline(
+                    stage1_reference, device=device, fp16=fp16, cpu_offload=cpu_offload, config=model_config
+                )
+                pipeline.set_progress_bar_config(disable=True)  # the set's own progress display covers it
+                stage1_pipelines[stage1_reference] = pipeline
             try:
                 entry = _make_item(
-                    item,
-                    stage1_pipelines[stage1_reference],
-                    stage1_reference,
-                    stage2,
-                    stage2_reference,
-                    controlnet,
-                    sr_model,
-                    sr_weights,
-                    out_dir,
-                    refiner=refiner,
-                    refine=None if refiner is None else (sr_base, sr_control, refine_settings),
-                    settings=settings,
-                    size=size,
-                    stage1_size=stage1_size,
-                    stage1_steps=stage1_steps,
-                    sr_tile=sr_tile,
-                    sr_overlap=sr_overlap,
-                    image_format=image_format,
-                )
+                    item, stage1_pipelines[stage1_reference], stage1_reference, stage1, chosen, models, references,
+                    out_dir, size=final, sr=sr, final_pass=final_pass, sr_tile=sr_tile, sr_overlap=sr_overlap,
+                    image_format=image_format, progress=report, preview=preview,
+                )  # fmt: skip
             except torch.OutOfMemoryError:
                 raise GeneratorMemoryError(
                     f"out of GPU memory on {device} while making {item.id}; {MEMORY_ADVICE}"
@@ -290,8 +353,7 @@ def generate_sets(
             entry.update(rank=rank, world_size=world_size, device=device)
             append_entry(manifest_path, entry)
             written.append(entry)
-            if progress is not None:
-                progress(position, len(mine), item.id)
+            report("panoramas", position, len(mine))
 
     # 3. Merge the per-rank manifests (under accelerate: once, after every process is done)
     if state is not None and state.num_processes > 1:
@@ -307,36 +369,38 @@ def _make_item(
     item: SetItem,
     stage1,
     stage1_reference: str,
-    stage2,
-    stage2_reference: str,
-    controlnet: str | None,
-    sr_model,
-    sr_weights,
+    options: Stage1Options,
+    preset,
+    models,
+    references: dict,
     out_dir: Path,
     *,
-    settings: PanoramaSettings,
     size: tuple[int, int],
-    stage1_size: int | None,
-    stage1_steps: int | None,
+    sr: bool,
+    final_pass: bool,
     sr_tile: int | None,
     sr_overlap: int,
     image_format: str,
-    refiner=None,
-    refine: tuple[str, str, TileRefineSettings] | None = None,
+    progress: Callable[[str, int, int], None],
+    preview: bool,
 ) -> dict:
-    """Run both stages and super-resolution for one item, write its images, return its manifest entry."""
+    """Run both stages and the SR chain for one item, write its images, return its manifest entry."""
     import torch
     from PIL import Image
 
+    from generator.masks import fit_masks
+    from generator.stage2 import run_stage2
+
     spec = item.spec
     timings: dict[str, float] = {}
-    side_h, side_w = (stage1_size, stage1_size) if stage1_size else (spec.height, spec.width)
-    masks = spec.masks(item.layout.name)
-    if masks.shape != (side_h, side_w):
-        masks = masks.resized(side_h, side_w)
-    steps = stage1_steps or spec.steps
+    side = options.size or (min(spec.height, 256 if stage1_reference != "tiny" else 64) if preview else spec.height)
+    side_h, side_w = side, max(8, round(side * spec.width / spec.height / 8) * 8)
+    masks, _ = fit_masks(spec.masks(item.layout.name), side_h, side_w, spec.mask_fit)
+    steps = options.steps or spec.steps
 
     start = time.perf_counter()
+    stage = "stage 1"
+    progress(stage, 0, steps)
     output = stage1(
         prompt=spec.prompt,
         objects=spec.objects,
@@ -346,31 +410,20 @@ def _make_item(
         width=side_w,
         num_inference_steps=steps,
         guidance_scale=spec.guidance_scale,
+        guide_tokens=options.guide_tokens,
         generator=torch.Generator("cpu").manual_seed(item.seed),
         output_type="np",
+        callback_on_step_end=lambda pipe, step, timestep, tensors: progress(stage, step + 1, steps) or {},
     )
     front = (np.clip(output.images[0], 0, 1) * 255).round().astype(np.uint8)
     timings["stage1"] = time.perf_counter() - start
 
-    result = stage2(front, spec.prompt, settings, seed=item.seed)
-    timings.update({f"stage2_{name}": seconds for name, seconds in result.timings.items()})
-    before = seam_scores(result.image)
-    faithfulness = reprojection_error(result.image, result.canvas.face)
-
-    start = time.perf_counter()
-    final = upscale_panorama(result.image, sr_model, size=size, tile=sr_tile, overlap=sr_overlap)
-    timings["super_resolution"] = time.perf_counter() - start
-    refinement = None
-    if refiner is not None:
-        sr_base, sr_control, refine_settings = refine
-        refined = refiner(final, spec.prompt, refine_settings, seed=item.seed)
-        final = refined.image
-        timings.update({f"tile_refine_{name}": seconds for name, seconds in refined.timings.items()})
-        refinement = {
-            "base": model_fingerprint(sr_base),
-            "controlnet": model_fingerprint(sr_control),
-            "settings": refine_settings.as_dict(),
-        }
+    result = run_stage2(front, spec.prompt, preset, models, seed=item.seed, size=size, sr=sr, final_pass=final_pass,
+                        sr_tile=sr_tile, sr_overlap=sr_overlap, progress=progress)  # fmt: skip
+    timings.update(result.timings)
+    before = seam_scores(result.completion.image)
+    faithfulness = reprojection_error(result.completion.image, result.completion.canvas.face)
+    final = result.image
     after = seam_scores(final)
 
     stem = item.stem()
@@ -380,6 +433,12 @@ def _make_item(
     Image.fromarray(front).save(front_path)
     save_panorama(final, pano_path)
 
+    def fingerprint(reference):
+        return None if reference is None else model_fingerprint(str(reference))
+
+    chain = result.record["chain"]
+    upscale = next((step for step in chain if step["step"] == "super_resolution"), None)
+    refinements = [step for step in chain if step["step"] == "tile_refine"]
     return {
         "id": item.id,
         "index": item.index,
@@ -389,6 +448,7 @@ def _make_item(
         "spec": str(spec.path),
         "spec_sha256": file_sha256(spec.path),
         "layout": item.layout.name,
+        "preview": preview,
         "masks": {
             "format": item.layout.format,
             "path": str(item.layout.path),
@@ -396,6 +456,7 @@ def _make_item(
             "legend": None if item.layout.legend is None else str(item.layout.legend),
             "sha256": file_sha256(item.layout.path),
             "labels": list(spec.objects),
+            "fit": spec.mask_fit,
         },
         "prompt": spec.prompt,
         "negative_prompt": spec.negative_prompt,
@@ -406,25 +467,37 @@ def _make_item(
             "height": side_h,
             "width": side_w,
             "steps": steps,
+            "guided_steps": steps // 2,
             "guidance_scale": spec.guidance_scale,
+            "guide_tokens": options.guide_tokens,
             "mask_alignment": output.mask_alignment,
+            "mask_area": {label: float(masks[label].mean()) for label in spec.objects},
             "end_of_guidance_loss": output.end_of_guidance_loss,
         },
         "stage2": {
-            "model": model_fingerprint(stage2_reference),
-            "controlnet": None if controlnet is None else model_fingerprint(controlnet),
-            "conditioning_channels": stage2.conditioning_channels,
-            "settings": settings.as_dict(),
+            "preset": preset.name,
+            "model": model_fingerprint(references["stage2"]),
+            "controlnet": fingerprint(references["controlnet"]),
+            "conditioning_channels": models.completion.conditioning_channels,
+            "prompt": result.record["prompt"],
+            "settings": result.record["settings"],
             "front_reprojection_mae": faithfulness,
         },
         "super_resolution": {
-            "weights": None if sr_weights is None else model_fingerprint(str(sr_weights)),
-            "scale": None if sr_model is None else sr_model.scale,
+            "chain": chain,
+            "weights": fingerprint(references["sr_weights"]) if upscale and upscale["scale"] else None,
+            "scale": upscale["scale"] if upscale else None,
             "tile": sr_tile,
             "overlap": sr_overlap,
             "size": list(size),
-            "refinement": refinement,
-        },
+            "final_pass": final_pass,
+            "refinement": None if not refinements else {
+                "base": fingerprint(references["sr_base"]),
+                "controlnet": fingerprint(references["sr_control"]),
+                "settings": refinements[-1]["settings"],
+                "passes": len(refinements),
+            },
+        },  # fmt: skip
         "seams_before_sr": before,
         "seams": after,
         "timings": timings,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -222,8 +223,16 @@ def guidance_step_sizes(num_inference_steps: int, scale: float = 20.0, scale_ran
     return scale * np.sqrt(np.linspace(scale_range[0], scale_range[1], num_inference_steps))
 
 
-def phrase_token_indices(tokenizer, prompt: str, phrase: str) -> list[int]:
+#: Which tokens of a phrase are guided: all of them, their maps summed ("phrase"), or its head noun ("head").
+GUIDE_TOKENS = ("phrase", "head")
+
+
+def phrase_token_indices(tokenizer, prompt: str, phrase: str, guide_tokens: str = "phrase") -> list[int]:
     """Indices (start token = 0) of the prompt's tokens that spell ``phrase`` (first whole-word occurrence).
+
+    With ``guide_tokens="head"`` only the tokens of the phrase's head noun, taken as its last word ("car" of
+    "a red car", as in English noun phrases without a trailing modifier), as BoxDiff and Attend-and-Excite guide
+    one token per object.
 
     Raises
     ------
@@ -233,6 +242,9 @@ def phrase_token_indices(tokenizer, prompt: str, phrase: str) -> list[int]:
     span = phrase_span(prompt, phrase)
     if span is None:
         raise SceneSpecError(f"phrase \"{phrase}\" is not in the prompt \"{prompt}\"; use the prompt's own words")
+    if guide_tokens == "head":
+        last_word = list(re.finditer(r"\w+", prompt[span[0] : span[1]]))[-1]
+        span = (span[0] + last_word.start(), span[0] + last_word.end())
     offsets = tokenizer(prompt, return_offsets_mapping=True)["offset_mapping"]
     indices = [i for i, (start, end) in enumerate(offsets) if end > start and start < span[1] and end > span[0]]
     limit = tokenizer.model_max_length - 1
@@ -308,8 +320,11 @@ class MaskGuidedStableDiffusionPipeline(StableDiffusionPipeline):
         step_size,
         attention_resolution,
         callback_on_step_end_tensor_inputs,
+        guide_tokens="phrase",
     ) -> None:
         """Refuse bad arguments before any work, naming the argument, its value and the fix."""
+        if guide_tokens not in GUIDE_TOKENS:
+            raise SceneSpecError(f"`guide_tokens` must be one of {', '.join(GUIDE_TOKENS)} but is {guide_tokens!r}")
         if not isinstance(prompt, str) or not prompt.strip():
             raise SceneSpecError(f"`prompt` must be a non-empty string but is {prompt!r}")
         if height % 8 or width % 8:
@@ -337,7 +352,7 @@ class MaskGuidedStableDiffusionPipeline(StableDiffusionPipeline):
                 )
             if not mask.any():
                 raise SceneSpecError(f"mask '{label}' is empty; draw the object or leave it out of `objects`")
-            phrase_token_indices(self.tokenizer, prompt, phrase)
+            phrase_token_indices(self.tokenizer, prompt, phrase, guide_tokens)
         latent = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         available = cross_attention_resolutions(self.unet.config, *latent)
         if attention_resolution is not None and tuple(attention_resolution) not in available:
@@ -380,6 +395,7 @@ class MaskGuidedStableDiffusionPipeline(StableDiffusionPipeline):
         temperature: float = 100.0,
         smoothing_sigma: float = 0.5,
         attention_resolution: tuple[int, int] | None = None,
+        guide_tokens: str = "phrase",
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
@@ -420,6 +436,10 @@ class MaskGuidedStableDiffusionPipeline(StableDiffusionPipeline):
             Gaussian smoothing of the object maps (0 disables).
         attention_resolution : tuple of int, optional
             ``(h, w)`` of the cross-attention maps to constrain; default see :meth:`default_attention_resolution`.
+        guide_tokens : {"phrase", "head"}
+            ``phrase`` (default): an object's map is the sum over all tokens of its phrase, i.e. the share of
+            attention given to the whole phrase; ``head``: the map of its head noun's tokens only (BoxDiff and
+            Attend-and-Excite guide one token). See :func:`phrase_token_indices`.
         generator : torch.Generator, optional
             Seeds the initial noise; a fixed seed gives the same image.
         latents : torch.Tensor, optional
@@ -455,6 +475,7 @@ class MaskGuidedStableDiffusionPipeline(StableDiffusionPipeline):
             step_size,
             attention_resolution,
             callback_on_step_end_tensor_inputs,
+            guide_tokens,
         )
         self._guidance_scale = guidance_scale
         self._guidance_rescale = 0.0
@@ -465,7 +486,7 @@ class MaskGuidedStableDiffusionPipeline(StableDiffusionPipeline):
         # 2. Define call parameters
         device = self._execution_device
         labels = list(objects)
-        token_groups = [phrase_token_indices(self.tokenizer, prompt, objects[label]) for label in labels]
+        token_groups = [phrase_token_indices(self.tokenizer, prompt, objects[label], guide_tokens) for label in labels]
         num_prompt_tokens = len(self.tokenizer(prompt).input_ids) - 2
         resolution = tuple(attention_resolution or self.default_attention_resolution(height, width))
         object_masks = masks_at_resolution(np.stack([np.asarray(masks[label]) for label in labels]), resolution)
@@ -611,6 +632,7 @@ def load_mask_guided_pipeline(
     fp16: bool = False,
     attention_slicing: bool = False,
     cpu_offload: bool = False,
+    config: str | None = None,
 ) -> MaskGuidedStableDiffusionPipeline:
     """Load the stage-1 pipeline: the offline tiny model or real Stable Diffusion weights.
 
@@ -619,8 +641,8 @@ def load_mask_guided_pipeline(
     model : str or None
         ``None`` or ``"tiny"``: :func:`generator.tiny.tiny_mask_guided_pipeline` (placeholder images, not
         meaningful). Otherwise a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``,
-        ``stabilityai/stable-diffusion-2-1-base``; must already be in the local cache when offline) or a local
-        diffusers folder.
+        ``stabilityai/stable-diffusion-2-1-base``; must already be in the local cache when offline), a local
+        diffusers folder, or a single ``.safetensors``/``.ckpt`` checkpoint (see :mod:`generator.loading`).
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, …
     fp16 : bool
@@ -630,36 +652,30 @@ def load_mask_guided_pipeline(
         the guidance use their own processor during a call.
     cpu_offload : bool
         diffusers' model CPU offload onto ``device`` (GPU only).
+    config : str, optional
+        A single file's config source (``sd15``, ``sd21-base``, a diffusers folder or a cached hub id); default
+        from the architecture detected in the file.
 
     Returns
     -------
     MaskGuidedStableDiffusionPipeline
         With the safety checker off: it blanks false positives, which would silently spoil study stimuli.
     """
-    from study.errors import PanostudyError
+    from generator.loading import check_device, load_base_components
 
-    if (fp16 or cpu_offload) and not str(device).startswith("cuda"):
-        raise PanostudyError(f"--fp16 and --cpu-offload need a CUDA GPU but the device is '{device}'; drop them")
+    check_device(device, fp16, cpu_offload)
+    dtype = torch.float16 if fp16 else torch.float32
     if model in (None, TINY_MODEL):
         from generator.tiny import tiny_mask_guided_pipeline
 
         pipeline = tiny_mask_guided_pipeline(seed=0)
         if fp16:
-            pipeline.to(dtype=torch.float16)
+            pipeline.to(dtype=dtype)
     else:
-        try:
-            pipeline = MaskGuidedStableDiffusionPipeline.from_pretrained(
-                model,
-                dtype=torch.float16 if fp16 else torch.float32,
-                safety_checker=None,
-                requires_safety_checker=False,
-            )
-        except (OSError, ValueError) as exc:
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise PanostudyError(
-                f"--model '{model}': cannot load a Stable Diffusion pipeline ({first_line}); pass a local diffusers "
-                "folder or a hub id that is in the local cache"
-            ) from None
+        components = load_base_components(model, dtype=dtype, config=config, option="--model")
+        pipeline = MaskGuidedStableDiffusionPipeline(
+            **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     if attention_slicing:
         pipeline.enable_attention_slicing()
     if cpu_offload:

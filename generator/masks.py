@@ -6,8 +6,9 @@
   category on the image are united and named by the category name.
 - A plain label PNG with a JSON legend ``{"1": "sofa", "2": "table", ...}``.
 
-Loaders never resize: they return masks at the annotation's own resolution (the scene spec resizes them to the
-generation size, with a warning, see :mod:`generator.scene_spec`).
+Loaders never resize: they return masks at the annotation's own resolution. :func:`fit_masks` brings them to the
+generation size with one uniform scale: a mask of another aspect (a 2048×1024 Cityscapes frame for a square
+stage-1 image) is first centre-cropped to the region the image covers, or letterboxed, never squashed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -59,6 +61,11 @@ CITYSCAPES_LABELS: dict[int, str] = {
     32: "motorcycle",
     33: "bicycle",
 }
+
+
+#: How a mask of another aspect than the image is brought to it: cut to the image's aspect, or padded to it.
+MaskFit = Literal["crop", "letterbox"]
+MASK_FITS: tuple[str, ...] = ("crop", "letterbox")
 
 
 class NamedMasks(Mapping[str, np.ndarray]):
@@ -290,3 +297,60 @@ def load_legend_masks(path: str | Path, legend: str | Path) -> NamedMasks:
             raise SceneSpecError(f"legend file '{legend}' names '{name}' twice; give each label one index")
         masks[name] = labels == int(index)
     return NamedMasks(masks, source=path.name)
+
+
+def fit_masks(masks: NamedMasks, height: int, width: int, mode: MaskFit = "crop") -> tuple[NamedMasks, str]:
+    """Bring masks to ``(height, width)`` with one uniform scale, never a change of aspect.
+
+    Parameters
+    ----------
+    masks : NamedMasks
+        Masks of any size.
+    height, width : int
+        The image size.
+    mode : {"crop", "letterbox"}
+        ``crop`` keeps the centred region of the target's aspect (for a square image: the square the image
+        covers) and drops the rest; ``letterbox`` pads the short side on both ends with unconstrained pixels
+        (no mask) so that all of every mask is kept.
+
+    Returns
+    -------
+    NamedMasks
+        At ``(height, width)``, resized with nearest neighbour from the cropped or padded masks.
+    str
+        What was done, in words (``""`` when the masks were already that size), for a notice to the user.
+    """
+    if mode not in MASK_FITS:
+        raise SceneSpecError(f"mask fit '{mode}': use one of {', '.join(MASK_FITS)}")
+    source_h, source_w = masks.shape
+    if (source_h, source_w) == (height, width):
+        return masks, ""
+    # The region of the target's aspect, in source pixels: crop it out, or pad the source out to it.
+    if source_w * height > width * source_h:  # wider than the target
+        inner_h, inner_w = source_h, round(source_h * width / height)
+    else:
+        inner_h, inner_w = round(source_w * height / width), source_w
+    done = f"{source_w}x{source_h} (WxH)"
+    if mode == "crop":
+        top, left = (source_h - inner_h) // 2, (source_w - inner_w) // 2
+        fitted = {label: mask[top : top + inner_h, left : left + inner_w] for label, mask in masks.items()}
+        if (inner_h, inner_w) != (source_h, source_w):
+            kept = f"columns {left}-{left + inner_w - 1}" if inner_w < source_w else f"rows {top}-{top + inner_h - 1}"
+            done += f", centre-cropped to the {inner_w}x{inner_h} region the {width}x{height} image covers ({kept} kept)"
+    else:
+        outer_h, outer_w = max(source_h, round(source_w * height / width)), max(source_w, round(source_h * width / height))
+        top, left = (outer_h - source_h) // 2, (outer_w - source_w) // 2
+        fitted = {}
+        for label, mask in masks.items():
+            padded = np.zeros((outer_h, outer_w), bool)
+            padded[top : top + source_h, left : left + source_w] = mask
+            fitted[label] = padded
+        if (outer_h, outer_w) != (source_h, source_w):
+            bands = f"{top} rows above and below" if outer_h > source_h else f"{left} columns left and right"
+            done += f", letterboxed to {outer_w}x{outer_h} ({bands} constrain nothing)"
+    fitted_masks = NamedMasks(fitted, masks.source)
+    scale = width / fitted_masks.shape[1]
+    if fitted_masks.shape != (height, width):
+        fitted_masks = fitted_masks.resized(height, width)
+        done += f", scaled x{scale:.3g} to {width}x{height} (nearest neighbour)"
+    return fitted_masks, done

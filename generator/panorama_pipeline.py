@@ -21,9 +21,9 @@ The file reads top to bottom:
 Two model configurations share the code path; the ControlNet's ``conditioning_channels`` chooses the control:
 
 * 4 channels — ``[known mask, RGB]`` in [0, 1], the unknown RGB filled with the input stretched over the whole
-  canvas (Diffusion360's ``sd-i2p`` layout). Diffusion360 also patches the ControlNet's forward so that the mask
-  gates the conditioning embedding; that patch is not reproduced: the 4-channel control goes through the standard
-  diffusers ControlNet forward.
+  canvas (Diffusion360's ``sd-i2p`` layout), through the standard diffusers ControlNet forward, as in
+  Diffusion360's own image-to-panorama run (its mask-gated forward is only active when a mask is passed, and its
+  pipeline passes none).
 * 3 channels — RGB in [0, 1] with unknown pixels set to −1 (``lllyasviel/control_v11p_sd15_inpaint``). When the
   UNet is an inpainting UNet (9 input channels, e.g. ``stable-diffusion-v1-5/stable-diffusion-inpainting``) it also
   receives the unknown-region mask and the masked image's latent, as in diffusers' inpainting pipelines.
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, DiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizerFast
 
 from generator.mask_guided_pipeline import TINY_MODEL
 from generator.projection import FrontFaceCanvas, front_face_canvas
@@ -120,6 +120,18 @@ class PanoramaSettings:
         Put before the prompt (Diffusion360's trigger is ``"<360panorama>, "``; plain SD needs none).
     negative_prompt : str
         The unconditional branch's prompt.
+    prompt_suffix : str
+        Put after the prompt (Diffusion360: ``", photorealistic, trend on artstation, ((best quality)), ..."``).
+    scheduler : str
+        A key of :data:`SCHEDULERS`, built from the base model's scheduler config (``ddim``; Diffusion360:
+        ``euler-ancestral``).
+    init_from_control : bool
+        Start from the control image's RGB noised to the first timestep (img2img at strength 1.0, as
+        Diffusion360 does) instead of from pure noise.
+    weighted_prompt : bool
+        Encode ``(...)``/``[...]`` emphasis (:mod:`generator.prompt_weights`), as Diffusion360's pipelines do.
+    final_blend : bool
+        Apply Eq. 4 once more after the last step (Diffusion360 blends after every step and again at the end).
     """
 
     height: int = 512
@@ -135,9 +147,37 @@ class PanoramaSettings:
     feather: int = 8
     prompt_prefix: str = ""
     negative_prompt: str = "blurry, lowres, distorted, text, watermark"
+    prompt_suffix: str = ""
+    scheduler: str = "ddim"
+    init_from_control: bool = False
+    weighted_prompt: bool = False
+    final_blend: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+#: Schedulers a preset can name, each built from the base model's own scheduler config.
+SCHEDULERS = {"ddim": "DDIMScheduler", "euler-ancestral": "EulerAncestralDiscreteScheduler",
+              "unipc": "UniPCMultistepScheduler"}  # fmt: skip
+
+
+def step_options(scheduler, generator: torch.Generator) -> dict:
+    """``generator=`` for schedulers whose ``step`` draws noise (DDIM with eta, Euler-ancestral); UniPC takes none."""
+    import inspect
+
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+
+def use_scheduler(pipeline, name: str) -> None:
+    """Give ``pipeline`` the scheduler ``name`` (a key of :data:`SCHEDULERS`) from its scheduler's config."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise PanostudyError(f"scheduler '{name}': use one of {', '.join(SCHEDULERS)}")
+    wanted = getattr(diffusers, SCHEDULERS[name])
+    if type(pipeline.scheduler) is not wanted:
+        pipeline.scheduler = wanted.from_config(pipeline.scheduler.config)
 
 
 @dataclass
@@ -169,7 +209,7 @@ class PanoramaCompletionPipeline(DiffusionPipeline):
         self,
         vae: AutoencoderKL,
         text_encoder: CLIPTextModel,
-        tokenizer: CLIPTokenizer,
+        tokenizer: CLIPTokenizerFast,
         unet: UNet2DConditionModel,
         controlnet: ControlNetModel,
         scheduler,
@@ -220,32 +260,52 @@ class PanoramaCompletionPipeline(DiffusionPipeline):
             )
         if settings.steps < 1:
             raise PanostudyError(f"steps={settings.steps}: must be at least 1")
+        if settings.scheduler not in SCHEDULERS:
+            raise PanostudyError(f"scheduler '{settings.scheduler}': use one of {', '.join(SCHEDULERS)}")
 
-    def encode_prompt(self, prompt: str, negative_prompt: str, guided: bool) -> torch.Tensor:
-        """CLIP embeddings, (2, 77, D) with the negative first when ``guided``, else (1, 77, D)."""
+    def encode_prompt(self, prompt: str, negative_prompt: str, guided: bool, weighted: bool = False) -> torch.Tensor:
+        """CLIP embeddings, (2, 77, D) with the negative first when ``guided``, else (1, 77, D); ``weighted``
+        applies ``(...)`` emphasis (:func:`generator.prompt_weights.weighted_embeddings`)."""
         texts = [negative_prompt, prompt] if guided else [prompt]
+        if weighted:
+            from generator.prompt_weights import weighted_embeddings
+
+            return weighted_embeddings(self.tokenizer, self.text_encoder, texts)
         tokens = self.tokenizer(
             texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         )
         return self.text_encoder(tokens.input_ids.to(self._execution_device))[0]
 
-    def control_image(self, image: np.ndarray, canvas: FrontFaceCanvas) -> torch.Tensor:
-        """The ControlNet conditioning, (1, C, H, W) in the layout the ControlNet expects (see module docstring)."""
+    def control_image_rgb(self, image: np.ndarray, canvas: FrontFaceCanvas) -> torch.Tensor:
+        """(1, 3, H, W) in [0, 1]: the projected front face, the rest filled with the input stretched over the
+        whole canvas (Diffusion360's control RGB, and its img2img start image)."""
         from PIL import Image
 
         known = torch.from_numpy(canvas.known.astype(np.float32))[None, None]
         rgb = torch.from_numpy(canvas.rgb).permute(2, 0, 1)[None].float() / 255.0
+        height, width = canvas.known.shape
+        stretched = np.array(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
+        fill = torch.from_numpy(stretched).permute(2, 0, 1)[None].float() / 255.0
+        return known * rgb + (1 - known) * fill
+
+    def control_image(self, image: np.ndarray, canvas: FrontFaceCanvas) -> torch.Tensor:
+        """The ControlNet conditioning, (1, C, H, W) in the layout the ControlNet expects (see module docstring)."""
+        known = torch.from_numpy(canvas.known.astype(np.float32))[None, None]
         if self.conditioning_channels == 4:
-            height, width = canvas.known.shape
-            stretched = np.array(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
-            fill = torch.from_numpy(stretched).permute(2, 0, 1)[None].float() / 255.0
-            return torch.cat([known, known * rgb + (1 - known) * fill], dim=1)
+            return torch.cat([known, self.control_image_rgb(image, canvas)], dim=1)
+        rgb = torch.from_numpy(canvas.rgb).permute(2, 0, 1)[None].float() / 255.0
         return torch.where(known.bool(), rgb, torch.full_like(rgb, -1.0))
 
-    def encode_image(self, rgb: torch.Tensor) -> torch.Tensor:
-        """VAE latent (mean of the posterior, scaled) of an image in [-1, 1]."""
+    def encode_image(self, rgb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """VAE latent (scaled) of an image in [-1, 1]: the posterior's mean, or a sample drawn with ``generator``."""
         posterior = self.vae.encode(rgb.to(self._execution_device, self.vae.dtype)).latent_dist
-        return posterior.mean * self.vae.config.scaling_factor
+        if generator is None:
+            latents = posterior.mean
+        else:
+            latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(
+                posterior.mean.device, posterior.mean.dtype
+            )
+        return latents * self.vae.config.scaling_factor
 
     def decode(self, latents: torch.Tensor, settings: PanoramaSettings) -> torch.Tensor:
         """Wrap-aware VAE decoding of (1, 4, h, w) latents → (1, 3, H, W) in [-1, 1].
@@ -284,7 +344,7 @@ class PanoramaCompletionPipeline(DiffusionPipeline):
         seed : int
             Seeds the initial noise, the re-injection noise and any stochastic scheduler.
         progress : callable, optional
-            Called as ``progress(step, total)`` after every denoising step.
+            Called as ``progress(step, total)`` before the first and after every denoising step.
 
         Returns
         -------
@@ -293,6 +353,7 @@ class PanoramaCompletionPipeline(DiffusionPipeline):
         settings = settings or PanoramaSettings()
         # 1. Check inputs
         self.check_inputs(image, settings)
+        use_scheduler(self, settings.scheduler)
         device = self._execution_device
         timings: dict[str, float] = {}
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -308,9 +369,10 @@ class PanoramaCompletionPipeline(DiffusionPipeline):
         # 3. Encode prompt, control image and the known region's latent
         start = time.perf_counter()
         guided = settings.guidance_scale > 1.0
-        embeddings = self.encode_prompt(settings.prompt_prefix + prompt, settings.negative_prompt, guided)
-        control = extend_right(self.control_image(image, canvas), extent * factor)
-        control = control.to(device, self.controlnet.dtype)
+        full_prompt = settings.prompt_prefix + prompt + settings.prompt_suffix
+        embeddings = self.encode_prompt(full_prompt, settings.negative_prompt, guided, settings.weighted_prompt)
+        control_canvas = self.control_image(image, canvas)
+        control = extend_right(control_canvas, extent * factor).to(device, self.controlnet.dtype)
         known_pixels = torch.from_numpy(canvas.known.astype(np.float32))[None, None]
         canvas_rgb = torch.from_numpy(canvas.rgb).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         known_latents = extend_right(self.encode_image(canvas_rgb * known_pixels), extent)
@@ -322,23 +384,36 @@ class PanoramaCompletionPipeline(DiffusionPipeline):
             inpaint_inputs = torch.cat([extend_right(unknown_cells.to(device), extent), known_latents], dim=1)
         timings["prepare"] = time.perf_counter() - start
 
-        # 4. Initial noise: the extension starts as a copy of the left edge, as the wrapped canvas would
+        # 4. Initial latents: pure noise, or (img2img at strength 1) the control image's RGB noised to the first
+        #    timestep; the extension starts as a copy of the left edge, as the wrapped canvas would
         start = time.perf_counter()
         self.scheduler.set_timesteps(settings.steps, device=device)
         timesteps = self.scheduler.timesteps
         noise = torch.randn((1, 4, latent_height, latent_width), generator=generator)
-        latents = extend_right(noise, extent).to(device, known_latents.dtype) * self.scheduler.init_noise_sigma
+        noise = extend_right(noise, extent).to(device, known_latents.dtype)
+        if settings.init_from_control:
+            rgb = control_canvas[:, -3:] if self.conditioning_channels == 4 else self.control_image_rgb(image, canvas)
+            initial = extend_right(self.encode_image(rgb * 2.0 - 1.0, generator), extent).to(device, noise.dtype)
+            latents = self.scheduler.add_noise(initial, noise, timesteps[:1])
+        else:
+            latents = noise * self.scheduler.init_noise_sigma
 
         # 5. Denoising loop
+        if progress is not None:
+            progress(0, len(timesteps))
         for index, timestep in enumerate(timesteps):
             noise_pred = self._predict_noise(latents, control, timestep, embeddings, settings, inpaint_inputs)
-            latents = self.scheduler.step(noise_pred, timestep, latents, generator=generator, return_dict=False)[0]
+            latents = self.scheduler.step(
+                noise_pred, timestep, latents, **step_options(self.scheduler, generator), return_dict=False
+            )[0]
             if settings.keep_known:
                 latents = self._reinject_known(latents, known_latents, known_cells, timesteps, index, generator)
             if extent:
                 latents = circular_blend(latents, latent_width, extent)
             if progress is not None:
                 progress(index + 1, len(timesteps))
+        if extent and settings.final_blend:
+            latents = circular_blend(latents, latent_width, extent)
         latents = latents[..., :latent_width]
         timings["completion"] = time.perf_counter() - start
 
@@ -431,6 +506,8 @@ def load_panorama_pipeline(
     cpu_offload: bool = False,
     vae_tiling: bool = False,
     seed: int = 0,
+    config: str | None = None,
+    option: str = "--model",
 ) -> PanoramaCompletionPipeline:
     """Load the completion pipeline.
 
@@ -438,11 +515,12 @@ def load_panorama_pipeline(
     ----------
     model : str
         A Stable Diffusion folder or hub id with ``vae/``, ``unet/``, ``text_encoder/``, ``tokenizer/``,
-        ``scheduler/`` (e.g. Diffusion360's ``sd-base`` folder, or ``stable-diffusion-v1-5/stable-diffusion-inpainting``),
-        or ``"tiny"`` for the offline random-weight model (with a 4-channel tiny ControlNet).
+        ``scheduler/`` (e.g. Diffusion360's ``sr-base`` folder, or ``stable-diffusion-v1-5/stable-diffusion-inpainting``),
+        a single ``.safetensors``/``.ckpt`` checkpoint, or ``"tiny"`` for the offline random-weight model (with a
+        4-channel tiny ControlNet).
     controlnet : str or None
-        A ControlNet folder or hub id (Diffusion360's ``sd-i2p`` folder, or ``lllyasviel/control_v11p_sd15_inpaint``);
-        required unless ``model`` is ``"tiny"``.
+        A ControlNet folder, hub id or single file (Diffusion360's ``sd-i2p``, or
+        ``lllyasviel/control_v11p_sd15_inpaint``); required unless ``model`` is ``"tiny"``.
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, …
     fp16 : bool
@@ -453,20 +531,24 @@ def load_panorama_pipeline(
         Decode in tiles (diffusers' VAE tiling); cuts decoder memory at high resolution.
     seed : int
         Weight seed of the tiny model (ignored otherwise).
+    config : str, optional
+        Config source of a single-file ``model`` (see :func:`generator.loading.load_base_components`).
+    option : str
+        The CLI option that named ``model``, for messages (``--panorama-model`` in ``generate sets``).
 
     Raises
     ------
     PanostudyError
-        If a model cannot be loaded (the message names the path or id).
+        If a model cannot be loaded (the message names the option and the path or id).
     """
     if model != TINY_MODEL and controlnet is None:
         raise PanostudyError(
-            f"--controlnet: model '{model}' needs a ControlNet (Diffusion360's sd-i2p folder, or "
-            "lllyasviel/control_v11p_sd15_inpaint with an inpainting model)"
+            f"--controlnet: {option} '{model}' needs a ControlNet (Diffusion360's sd-i2p folder or --diffusion360 DIR, "
+            "or lllyasviel/control_v11p_sd15_inpaint with an inpainting model)"
         )
     return build_controlnet_pipeline(
-        PanoramaCompletionPipeline, model, controlnet, tiny_conditioning_channels=4, options=("--model", "--controlnet"),
-        device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling, seed=seed,
+        PanoramaCompletionPipeline, model, controlnet, tiny_conditioning_channels=4, options=(option, "--controlnet"),
+        device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling, seed=seed, config=config,
     )
 
 
@@ -482,46 +564,41 @@ def build_controlnet_pipeline(
     cpu_offload: bool,
     vae_tiling: bool,
     seed: int,
+    config: str | None = None,
 ):
     """Builds a ControlNet pipeline class of this package from a base model and a ControlNet, or the tiny pair.
 
     ``options`` names the two CLI options in error messages; ``"tiny"`` builds the offline random-weight
     components with a tiny ControlNet of ``tiny_conditioning_channels``. Same device and memory options as
-    :func:`load_panorama_pipeline`.
+    :func:`load_panorama_pipeline`; every module is loaded in the requested dtype.
     """
-    if (fp16 or cpu_offload) and not str(device).startswith("cuda"):
-        raise PanostudyError(f"--fp16 and --cpu-offload need a CUDA GPU but the device is '{device}'; drop them")
+    from diffusers import DDIMScheduler
+
+    from generator.loading import check_device, load_base_components, load_controlnet
+
+    check_device(device, fp16, cpu_offload)
+    dtype = torch.float16 if fp16 else torch.float32
     if model == TINY_MODEL:
         from generator.tiny import tiny_controlnet, tiny_sd_components
 
         parts = tiny_sd_components(seed)
-        pipeline = cls(
-            vae=parts["vae"],
-            text_encoder=parts["text_encoder"],
-            tokenizer=parts["tokenizer"],
-            unet=parts["unet"],
-            controlnet=tiny_controlnet(seed, conditioning_channels=tiny_conditioning_channels),
-            scheduler=parts["scheduler"],
-        )
+        control = tiny_controlnet(seed, conditioning_channels=tiny_conditioning_channels)
+        if fp16:
+            for module in (parts["vae"], parts["text_encoder"], parts["unet"], control):
+                module.to(dtype)
+        if controlnet not in (None, TINY_MODEL):
+            control = load_controlnet(controlnet, dtype=dtype, unet_config=parts["unet"].config, option=options[1])
     else:
-        from diffusers import DDIMScheduler
-
-        dtype = torch.float16 if fp16 else torch.float32
-        try:
-            pipeline = cls(
-                vae=AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype),
-                text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype),
-                tokenizer=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
-                unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype),
-                controlnet=ControlNetModel.from_pretrained(controlnet, torch_dtype=dtype),
-                scheduler=DDIMScheduler.from_pretrained(model, subfolder="scheduler"),
-            )
-        except (OSError, ValueError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise PanostudyError(
-                f"{options[0]} '{model}' / {options[1]} '{controlnet}': cannot load ({first_line}); pass local "
-                "folders in diffusers layout or hub ids that are in the local cache"
-            ) from None
+        parts = load_base_components(model, dtype=dtype, config=config, option=options[0])
+        control = load_controlnet(controlnet, dtype=dtype, unet_config=parts["unet"].config, option=options[1])
+    pipeline = cls(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=parts["unet"],
+        controlnet=control,
+        scheduler=DDIMScheduler.from_config(parts["scheduler"].config),
+    )
     if vae_tiling:
         pipeline.vae.enable_tiling()
     if cpu_offload:

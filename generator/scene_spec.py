@@ -13,6 +13,8 @@ A scene spec is a TOML file (``data/scenes/*.toml``)::
     height = 512
     steps = 50
     guidance_scale = 7.5
+    mask_fit = "crop"                 # optional: masks of another aspect are centre-cropped ("crop") or padded
+                                      # ("letterbox") to the image's aspect, then scaled uniformly
 
     [[layouts]]
     name = "vehicle_a"
@@ -38,7 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from generator.masks import NamedMasks, load_cityscapes_masks, load_coco_masks, load_legend_masks
+from generator.masks import (
+    MASK_FITS,
+    MaskFit,
+    NamedMasks,
+    fit_masks,
+    load_cityscapes_masks,
+    load_coco_masks,
+    load_legend_masks,
+)
 from study.errors import SceneSpecError
 
 SCHEMA_VERSION = 1
@@ -47,7 +57,8 @@ _FORMATS: tuple[str, ...] = ("cityscapes", "coco", "legend")
 
 
 class MaskResizeWarning(UserWarning):
-    """A layout's masks were not at the spec's generation size and were resized (nearest neighbour)."""
+    """A layout's masks were not at the spec's generation size: they were cropped or letterboxed to its aspect
+    and scaled uniformly; the message names the file and what was done (a notice, not an error)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,7 @@ class SceneSpec:
     guidance_scale: float
     layouts: tuple[Layout, ...]
     objects: dict[str, str]
+    mask_fit: MaskFit
     _masks: dict[str, NamedMasks] = field(repr=False, compare=False)
 
     def layout(self, name: str) -> Layout:
@@ -158,7 +170,9 @@ def _layout(entry: object, index: int, base: Path, where: str) -> Layout:
     return Layout(name=name, format=mask_format, path=path, image=image, legend=legend)
 
 
-def _object_masks(layout: Layout, objects: dict[str, str], height: int, width: int, where: str) -> NamedMasks:
+def _object_masks(
+    layout: Layout, objects: dict[str, str], height: int, width: int, mask_fit: MaskFit, where: str
+) -> NamedMasks:
     masks = layout.load_masks()
     missing = [label for label in objects if label not in masks]
     if missing:
@@ -166,33 +180,30 @@ def _object_masks(layout: Layout, objects: dict[str, str], height: int, width: i
             f"{where}: layout '{layout.name}' ({layout.path.name}) has no mask labelled {', '.join(missing)}; "
             f"its labels are: {', '.join(masks.labels)}. Rename the [objects] key to one of them"
         )
-    masks = masks.subset(list(objects))
-    resized = masks.shape != (height, width)
-    if resized:
-        warnings.warn(
-            f"{where}: layout '{layout.name}' masks are {masks.shape[0]}x{masks.shape[1]} (HxW), the spec "
-            f"generates {height}x{width}; resized with nearest neighbour",
-            MaskResizeWarning,
-            stacklevel=3,
-        )
-        masks = masks.resized(height, width)
+    masks, done = fit_masks(masks.subset(list(objects)), height, width, mask_fit)
+    if done:
+        warnings.warn(f"{layout.path.name} (layout '{layout.name}'): {done}", MaskResizeWarning, stacklevel=3)
     for label, mask in masks.items():
         if not mask.any():
             raise SceneSpecError(
                 f"{where}: layout '{layout.name}': the mask of '{label}' is empty"
-                + (f" after resizing to {height}x{width}" if resized else "")
-                + "; draw the object in the mask or remove it from [objects]"
+                + (f" after fitting it to {width}x{height}" if done else "")
+                + "; draw the object in the mask"
+                + (" (or set mask_fit = \"letterbox\" to keep the whole mask)" if done and mask_fit == "crop" else "")
+                + " or remove it from [objects]"
             )
     return masks
 
 
-def load_scene_spec(path: str | Path) -> SceneSpec:
+def load_scene_spec(path: str | Path, mask_fit: MaskFit | None = None) -> SceneSpec:
     """Read and check a scene spec TOML file, including all of its layouts' masks.
 
     Parameters
     ----------
     path : str or pathlib.Path
         The spec file; relative paths inside it start at its folder.
+    mask_fit : {"crop", "letterbox"}, optional
+        Overrides the spec's ``mask_fit`` (default ``"crop"``).
 
     Returns
     -------
@@ -207,7 +218,8 @@ def load_scene_spec(path: str | Path) -> SceneSpec:
     Warns
     -----
     MaskResizeWarning
-        A layout's masks are not at ``(height, width)``; they are resized with nearest neighbour.
+        A layout's masks are not at ``(height, width)``: one notice per layout naming the file and what was
+        done (see :func:`generator.masks.fit_masks`).
     """
     path = Path(path)
     if not path.is_file():
@@ -270,7 +282,11 @@ def load_scene_spec(path: str | Path) -> SceneSpec:
                     "give each object its own words"
                 )
         spans[label] = span
-    spec_masks = {layout.name: _object_masks(layout, objects, height, width, where) for layout in layouts}
+    spec_fit = table.get("mask_fit", "crop")
+    if spec_fit not in MASK_FITS:
+        raise SceneSpecError(f"{where}: field 'mask_fit' is {spec_fit!r}; use one of {', '.join(MASK_FITS)}")
+    mask_fit = mask_fit or spec_fit
+    spec_masks = {layout.name: _object_masks(layout, objects, height, width, mask_fit, where) for layout in layouts}
     return SceneSpec(
         path=path,
         scene=_require(table, "scene", str, where, '"vehicle"'),
@@ -285,5 +301,6 @@ def load_scene_spec(path: str | Path) -> SceneSpec:
         guidance_scale=float(guidance_scale),
         layouts=layouts,
         objects=dict(objects),
+        mask_fit=mask_fit,
         _masks=spec_masks,
     )

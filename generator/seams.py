@@ -67,10 +67,26 @@ def discontinuity_score(image: np.ndarray, epsilon: float = DS_EPSILON) -> float
     C. Christensen et al., "Geometry Fidelity for Spherical Images", arXiv:2407.18207, 2024.
     """
     grey = _grey(image)
-    strip = np.concatenate([grey[:, -3:], grey[:, :3]], axis=1)
+    return _strip_discontinuity(np.concatenate([grey[:, -3:], grey[:, :3]], axis=1), epsilon)
+
+
+def _strip_discontinuity(strip: np.ndarray, epsilon: float = DS_EPSILON) -> float:
+    """The Discontinuity Score of the boundary between columns 2 and 3 of an (H, 6) grey strip."""
     response = np.abs(_horizontal_scharr(strip))
     ratios = response[:, 1] / (response[:, 0] + epsilon) + response[:, 2] / (response[:, 3] + epsilon)
     return float(ratios.mean() / 2.0)
+
+
+def interior_discontinuity(image: np.ndarray, count: int = 16) -> float:
+    """Median Discontinuity Score of ``count`` interior column boundaries spread over the width.
+
+    What a seamless wrap should score on this very panorama: the seam is one column boundary among many, so a
+    Discontinuity Score near this median means the seam cannot be told from the rest.
+    """
+    grey = _grey(image)
+    width = grey.shape[1]
+    columns = [round(width * k / (count + 1)) for k in range(1, count + 1)]
+    return float(np.median([_strip_discontinuity(grey[:, c - 3 : c + 3]) for c in columns if 3 <= c <= width - 3]))
 
 
 def wrap_l1_ratio(image: np.ndarray) -> float:

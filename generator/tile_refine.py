@@ -34,7 +34,13 @@ import numpy as np
 import torch
 
 from generator.mask_guided_pipeline import TINY_MODEL
-from generator.panorama_pipeline import PanoramaCompletionPipeline, build_controlnet_pipeline
+from generator.panorama_pipeline import (
+    SCHEDULERS,
+    PanoramaCompletionPipeline,
+    build_controlnet_pipeline,
+    step_options,
+    use_scheduler,
+)
 from generator.upscale import _wrap_pad
 from study.errors import PanostudyError, StimulusError
 
@@ -64,6 +70,10 @@ class TileRefineSettings:
         Latent columns wrapped for decoding; None gives a quarter of the latent width.
     negative_prompt : str
         The unconditional branch's prompt.
+    scheduler : str
+        A key of :data:`generator.panorama_pipeline.SCHEDULERS` (Diffusion360: ``unipc``).
+    weighted_prompt : bool
+        Encode ``(...)`` emphasis (:mod:`generator.prompt_weights`), as Diffusion360 does.
     """
 
     strength: float = 0.3
@@ -75,6 +85,8 @@ class TileRefineSettings:
     wrap_decode: bool = True
     decode_wrap: int | None = None
     negative_prompt: str = "blurry, lowres, distorted, text, watermark"
+    scheduler: str = "ddim"
+    weighted_prompt: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -162,6 +174,8 @@ class TileRefinementPipeline(PanoramaCompletionPipeline):
             raise PanostudyError(f"--refine-strength {settings.strength}: must be between 0 and 1")
         if settings.steps < 1:
             raise PanostudyError(f"refinement steps={settings.steps}: must be at least 1")
+        if settings.scheduler not in SCHEDULERS:
+            raise PanostudyError(f"refinement scheduler '{settings.scheduler}': use one of {', '.join(SCHEDULERS)}")
         if settings.tile_size is not None and (settings.tile_size % multiple or settings.tile_size < multiple):
             raise PanostudyError(
                 f"refinement tile_size={settings.tile_size}: must be a positive multiple of {multiple}"
@@ -201,7 +215,8 @@ class TileRefinementPipeline(PanoramaCompletionPipeline):
         seed : int
             Seeds the noise and any stochastic scheduler.
         progress : callable, optional
-            Called as ``progress(step, total)`` after every denoising step.
+            Called as ``progress(done, total)`` before the first and after every tile of every step (``total`` is
+            steps × tiles).
 
         Returns
         -------
@@ -214,20 +229,24 @@ class TileRefinementPipeline(PanoramaCompletionPipeline):
             raise StimulusError(f"panorama to refine: expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         height, width = image.shape[:2]
         self.check_inputs(height, width, settings)
+        use_scheduler(self, settings.scheduler)
         device = self._execution_device
         timings: dict[str, float] = {}
         self.scheduler.set_timesteps(settings.steps, device=device)
         run = min(int(settings.steps * settings.strength), settings.steps)
         if run == 0:
             return RefinementResult(image=image.copy(), timings={"encode": 0.0, "denoise": 0.0, "decode": 0.0})
-        timesteps = self.scheduler.timesteps[len(self.scheduler.timesteps) - run * self.scheduler.order :]
+        begin = len(self.scheduler.timesteps) - run * self.scheduler.order
+        timesteps = self.scheduler.timesteps[begin:]
+        if hasattr(self.scheduler, "set_begin_index"):  # multistep and sigma schedulers start mid-schedule here
+            self.scheduler.set_begin_index(begin)
         generator = torch.Generator("cpu").manual_seed(seed)
         factor = self.vae_scale_factor
 
         # 2. Encode prompt, the control image and the image's latent; noise the latent to the first timestep
         start = time.perf_counter()
         guided = settings.guidance_scale > 1.0
-        embeddings = self.encode_prompt(prompt, settings.negative_prompt, guided)
+        embeddings = self.encode_prompt(prompt, settings.negative_prompt, guided, settings.weighted_prompt)
         rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
         control = rgb.to(device, self.controlnet.dtype)  # the tile ControlNet sees the image itself, in [0, 1]
         clean = self.encode_wrapped(rgb * 2.0 - 1.0)
@@ -250,17 +269,22 @@ class TileRefinementPipeline(PanoramaCompletionPipeline):
         ]
 
         # 4. Denoising loop: MultiDiffusion average of the tiles' noise predictions, one scheduler step per timestep
+        total = len(timesteps) * len(windows)
+        if progress is not None:
+            progress(0, total)
         for index, timestep in enumerate(timesteps):
             noise_pred = torch.zeros_like(latents)
-            for window, weight, tile_control in zip(windows, weights, controls):
+            for number, (window, weight, tile_control) in enumerate(zip(windows, weights, controls), start=1):
                 columns = window.columns(latent_width).to(device)
                 rows = slice(window.top, window.top + window.height)
                 tile_latents = latents[:, :, rows][..., columns]
                 prediction = self._predict_noise(tile_latents, tile_control, timestep, embeddings, settings)
                 noise_pred[:, :, rows].index_add_(3, columns, prediction * weight)
-            latents = self.scheduler.step(noise_pred, timestep, latents, generator=generator, return_dict=False)[0]
-            if progress is not None:
-                progress(index + 1, len(timesteps))
+                if progress is not None:
+                    progress(index * len(windows) + number, total)
+            latents = self.scheduler.step(
+                noise_pred, timestep, latents, **step_options(self.scheduler, generator), return_dict=False
+            )[0]
         timings["denoise"] = time.perf_counter() - start
 
         # 5. Wrap-aware decoding
@@ -281,20 +305,25 @@ def load_tile_refiner(
     cpu_offload: bool = False,
     vae_tiling: bool = False,
     seed: int = 0,
+    config: str | None = None,
 ) -> TileRefinementPipeline:
     """Load the refinement pipeline.
 
     Parameters
     ----------
     base : str
-        An SD 1.5-architecture folder or hub id in diffusers layout (Diffusion360's ``sr-base`` folder), or
-        ``"tiny"`` for the offline random-weight model (with a 3-channel tiny ControlNet).
+        An SD 1.5-architecture folder or hub id in diffusers layout (Diffusion360's ``sr-base`` folder), a single
+        ``.safetensors``/``.ckpt`` checkpoint, or ``"tiny"`` for the offline random-weight model (with a
+        3-channel tiny ControlNet).
     controlnet : str
-        A tile ControlNet folder or hub id (Diffusion360's ``sr-control``); ``"tiny"`` with a tiny base.
+        A tile ControlNet folder, hub id or single file (Diffusion360's ``sr-control``, ``control_v11f1e_sd15_tile``);
+        ``"tiny"`` with a tiny base.
     device, fp16, cpu_offload, vae_tiling
         As in :func:`generator.panorama_pipeline.load_panorama_pipeline`.
     seed : int
         Weight seed of the tiny model (ignored otherwise).
+    config : str, optional
+        Config source of a single-file ``base`` (see :func:`generator.loading.load_base_components`).
 
     Raises
     ------
@@ -308,7 +337,7 @@ def load_tile_refiner(
         )
     pipeline = build_controlnet_pipeline(
         TileRefinementPipeline, base, controlnet, tiny_conditioning_channels=3, options=("--sr-base", "--sr-control"),
-        device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling, seed=seed,
+        device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling, seed=seed, config=config,
     )
     if pipeline.conditioning_channels != 3:
         raise PanostudyError(

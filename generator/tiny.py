@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizerFast
 
     from generator.mask_guided_pipeline import MaskGuidedStableDiffusionPipeline
 
@@ -36,24 +36,30 @@ TINY_VOCABULARY_WORDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def offline_clip_tokenizer() -> CLIPTokenizer:
+def offline_clip_tokenizer() -> CLIPTokenizerFast:
     """Build a small byte-level CLIP tokenizer in code, without any download.
 
     Returns
     -------
-    transformers.CLIPTokenizer
-        Vocabulary: the two CLIP special tokens, the 256 byte symbols with and without the end-of-word suffix,
-        and the merge products that turn each word of :data:`TINY_VOCABULARY_WORDS` into one token.
-        ``model_max_length`` is 77 as in CLIP.
+    transformers.CLIPTokenizerFast
+        The fast tokenizer (character offsets, as the mask guidance needs). Vocabulary: the two CLIP special
+        tokens, the 256 byte symbols with and without the end-of-word suffix, and the merge products that turn
+        each word of :data:`TINY_VOCABULARY_WORDS` into one token. ``model_max_length`` is 77 as in CLIP.
 
     Notes
     -----
     Each listed word gets the left-to-right merges ``w[0] w[1] → w[:2]``, ``w[:2] w[2] → w[:3]``, … with the
     end-of-word suffix on the last symbol. Every merge product is in the vocabulary, so any text tokenizes to
-    known ids even when merges of different words compete.
+    known ids even when merges of different words compete. The files are written to a temporary folder and read
+    back with ``from_pretrained``, the one constructor that behaves alike in transformers 4.x and 5.x.
     """
+    import json
+    import tempfile
+    from pathlib import Path
+
     from tokenizers import pre_tokenizers
-    from transformers import CLIPTokenizer
+
+    from generator.loading import fast_tokenizer
 
     bytes_alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab: dict[str, int] = {}
@@ -68,7 +74,13 @@ def offline_clip_tokenizer() -> CLIPTokenizer:
                 merges.append((merged, symbol))
             merged += symbol
             vocab.setdefault(merged, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    settings = {"model_max_length": 77, "tokenizer_class": "CLIPTokenizer", "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        Path(folder, "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        Path(folder, "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
+        return fast_tokenizer(folder, subfolder=None)
 
 
 def tiny_sd_components(seed: int = 0) -> dict:

@@ -71,7 +71,7 @@ def _wrap_pad(tensor, pad: int):
     return F.pad(wide, (0, 0, pad, pad), mode="replicate")
 
 
-def super_resolve(image: np.ndarray, model, tile: int | None = 256, overlap: int = 16) -> np.ndarray:
+def super_resolve(image: np.ndarray, model, tile: int | None = 256, overlap: int = 16, progress=None) -> np.ndarray:
     """Upscale an equirectangular image by ``model.scale`` with wrap padding and overlapping tiles.
 
     Parameters
@@ -84,6 +84,8 @@ def super_resolve(image: np.ndarray, model, tile: int | None = 256, overlap: int
     overlap : int
         Context added on every side of each tile (and the wrap/edge padding of the whole image), in input pixels;
         output pixels inside it are discarded. Larger values make tiled and untiled results agree more closely.
+    progress : callable, optional
+        Called as ``progress(done, total)`` before the first and after every tile.
 
     Returns
     -------
@@ -103,6 +105,10 @@ def super_resolve(image: np.ndarray, model, tile: int | None = 256, overlap: int
     result = torch.empty((1, 3, height * scale, width * scale), dtype=torch.float32)
     step_y = tile or height
     step_x = tile or width
+    total = ceil(height / step_y) * ceil(width / step_x)
+    done = 0
+    if progress is not None:
+        progress(0, total)
     with torch.no_grad():
         for top in range(0, height, step_y):
             bottom = min(top + step_y, height)
@@ -114,6 +120,9 @@ def super_resolve(image: np.ndarray, model, tile: int | None = 256, overlap: int
                 margin = overlap * scale
                 core = upscaled[..., margin : margin + (bottom - top) * scale, margin : margin + (right - left) * scale]
                 result[..., top * scale : bottom * scale, left * scale : right * scale] = core
+                done += 1
+                if progress is not None:
+                    progress(done, total)
     return (result[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
@@ -156,8 +165,9 @@ def upscale_panorama(
     size: tuple[int, int] = DEFAULT_SIZE,
     tile: int | None = 256,
     overlap: int = 16,
+    progress=None,
 ) -> np.ndarray:
-    """Super-resolve (when a model is given) and resize to exactly ``size`` = (width, height).
+    """Super-resolve (when a model is given; ``progress(done, total)`` per tile) and resize to exactly ``size``.
 
     Raises
     ------
@@ -170,5 +180,5 @@ def upscale_panorama(
     if image.ndim != 3 or image.shape[1] != 2 * image.shape[0]:
         raise StimulusError(f"panorama of shape {image.shape}: must be 2:1 (H, 2H, 3) to be upscaled")
     if model is not None:
-        image = super_resolve(image, model, tile=tile, overlap=overlap)
+        image = super_resolve(image, model, tile=tile, overlap=overlap, progress=progress)
     return resize_equirect(image, width, height)

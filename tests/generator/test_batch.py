@@ -72,6 +72,10 @@ def test_a_set_has_one_2_to_1_gpano_panorama_per_scene_and_a_full_manifest(one_p
         assert entry["seeds"]["stage1"] == entry["seeds"]["stage2"]
         assert set(entry["stage1"]["mask_alignment"]) == set(entry["masks"]["labels"])
         assert entry["stage2"]["settings"]["circular_blending"] is True
+        assert entry["stage2"]["preset"] == "panostudy" and entry["stage2"]["settings"]["scheduler"] == "ddim"
+        assert [step["step"] for step in entry["super_resolution"]["chain"]] == ["super_resolution"]
+        assert entry["stage1"]["guide_tokens"] == "phrase" and entry["masks"]["fit"] == "crop"
+        assert set(entry["stage1"]["mask_area"]) == set(entry["masks"]["labels"]) and entry["preview"] is False
         assert entry["stage2"]["conditioning_channels"] == 4
         assert entry["super_resolution"]["scale"] == 2
         assert len(next(iter(entry["super_resolution"]["weights"]["files"].values()))) == 64
@@ -126,6 +130,21 @@ def test_explicit_ranks_make_the_same_set_as_one_process(tmp_path, scenes, one_p
     assert all(np.abs(reference[k].astype(int) - shard_images[k]).max() <= 2 for k in reference)
 
 
+def test_preview_makes_small_quick_panoramas_without_super_resolution(tmp_path, scenes, sr_weights):
+    out = tmp_path / "preview"
+    result = CliRunner().invoke(
+        app, ["generate", "sets", "--scenes", str(scenes), "--out", str(out), "--sr-weights", str(sr_weights),
+              *TINY_SET[:-4], "--preview", "--guide-tokens", "head"],  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    assert "mask alignment = mean share" in result.output and "lower is better" in result.output
+    for entry in read_manifest_lines(out / "manifest.jsonl"):
+        assert entry["preview"] is True and entry["super_resolution"]["chain"] == []
+        assert entry["stage2"]["settings"]["steps"] == 2 and entry["stage1"]["guide_tokens"] == "head"
+        with Image.open(out / entry["path"]) as image:
+            assert image.size == (256, 128)  # no super-resolution in a preview: the completion resized to --size
+
+
 def test_bad_arguments_fail_in_one_line_before_writing(tmp_path, scenes):
     runner = CliRunner()
     out = tmp_path / "never"
@@ -162,8 +181,11 @@ def test_panorama_command_writes_a_gpano_png(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert read_gpano(out)["FullPanoWidthPixels"] == "256"
-    assert "seam discontinuity" in result.output
+    assert "lower is better" in result.output and "final 256x128: Discontinuity Score" in result.output
     assert json.loads(json.dumps(read_gpano(out)))  # plain strings, serialisable
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["stage2"]["preset"] == "panostudy" and sidecar["stage2"]["settings"]["steps"] == 2
+    assert sidecar["seams"]["discontinuity"] == pytest.approx(float(result.output.split("Discontinuity Score ")[1][:4]), abs=0.006)
 
 
 def test_accelerate_process_group_shards_and_merges_once(tmp_path, scenes, one_process_set, sr_weights):

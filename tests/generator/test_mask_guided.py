@@ -278,6 +278,36 @@ def test_generate_image_command_writes_png_and_sidecar(tmp_path, tiny_pipe):
     assert metadata["masks"]["format"] == "cityscapes"
 
 
+def test_generate_image_preview_and_compare_unguided(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from panostudy.cli import app
+
+    out = tmp_path / "preview.png"
+    result = CliRunner().invoke(
+        app, ["generate", "image", "--scene", "data/scenes/vehicle.toml", "--preview", "--compare-unguided",
+              "--out", str(out)],  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    assert "unguided, same seed" in result.output and "mask's share of the image" in result.output
+    metadata = json.loads(out.with_suffix(".json").read_text())
+    assert metadata["preview"] is True and metadata["steps"] == 4
+    assert set(metadata["unguided_mask_alignment"]) == set(metadata["mask_alignment"])
+    assert all(0 < area < 1 for area in metadata["mask_area"].values())
+
+
+def test_head_noun_guidance_takes_the_last_word_only(get_dummy_components):
+    tokenizer = get_dummy_components(0)["tokenizer"]
+    ids = tokenizer(PROMPT).input_ids
+    head = phrase_token_indices(tokenizer, PROMPT, "a red car", "head")
+    assert tokenizer.decode([ids[i] for i in head]) == "car"
+    assert set(head) < set(phrase_token_indices(tokenizer, PROMPT, "a red car"))
+    road = phrase_token_indices(tokenizer, PROMPT, "asphalt road", "head")
+    assert tokenizer.decode([ids[i] for i in road]).replace(" ", "") == "road"
+
+
 def test_generate_image_command_refuses_bad_input_before_writing(tmp_path):
     from typer.testing import CliRunner
 

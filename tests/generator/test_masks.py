@@ -163,3 +163,87 @@ def test_legend_errors(tmp_path, layout_files):
     masks = load_legend_masks(layout_files["legend_png"], legend)
     assert masks.labels == ["road", "lamp"]
     assert not masks["lamp"].any()  # declared but absent: kept as an empty mask
+
+
+def _wide_labelids(tmp_path) -> tuple:
+    """A 2:1 (512x256) Cityscapes labelIds frame: sky, road, a 64x64 car in the middle and a 40x40 car at the
+    left edge, outside the centre square."""
+    labels = np.full((256, 512), 23, np.uint8)  # sky
+    labels[128:] = 7  # road
+    labels[150:214, 224:288] = 26  # a square car at the centre
+    labels[160:200, 10:50] = 26  # a square car near the left edge
+    path = tmp_path / "wide_gtFine_labelIds.png"
+    Image.fromarray(labels).save(path)
+    return path, labels
+
+
+def _box(mask: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def test_a_2_to_1_labelids_file_is_centre_cropped_to_the_square_never_squashed(tmp_path):
+    from generator.masks import fit_masks
+
+    path, labels = _wide_labelids(tmp_path)
+    masks = load_cityscapes_masks(path)
+    cropped, done = fit_masks(masks, 64, 64, "crop")
+    assert cropped.shape == (64, 64)
+    assert _box(cropped["car"]) == (16, 16)  # the square centre car stays square: 64 px -> 16 px at x0.25
+    assert cropped["car"].sum() == 16 * 16  # the edge car lies outside the square the image covers
+    np.testing.assert_array_equal(cropped["car"], fit_masks(NamedMasks({"car": labels[:, 128:384] == 26}), 64, 64)[0]["car"])
+    assert done == ("512x256 (WxH), centre-cropped to the 256x256 region the 64x64 image covers (columns 128-383 kept), "
+                    "scaled x0.25 to 64x64 (nearest neighbour)")
+
+
+def test_letterbox_keeps_all_of_a_2_to_1_mask_square(tmp_path):
+    from generator.masks import fit_masks
+
+    path, labels = _wide_labelids(tmp_path)
+    boxed, done = fit_masks(load_cityscapes_masks(path), 64, 64, "letterbox")
+    assert boxed.shape == (64, 64)
+    car = boxed["car"]
+    assert car.sum() == 8 * 8 + 5 * 5  # both cars, x0.125, still square
+    assert not boxed["sky"][:16].any() and not boxed["road"][48:].any()  # the padding bands constrain nothing
+    assert "letterboxed to 512x512 (128 rows above and below constrain nothing), scaled x0.125" in done
+
+
+def test_a_spec_with_a_2_to_1_file_notices_the_crop_and_letterbox_is_an_option(tmp_path):
+    from generator.scene_spec import MaskResizeWarning, load_scene_spec
+
+    path, _ = _wide_labelids(tmp_path)
+    spec_text = f"""schema_version = 1
+scene = "street"
+prompt = "a red car on an asphalt road under a blue sky"
+model = "tiny"
+seeds = [1]
+count = 1
+width = 128
+height = 128
+steps = 2
+guidance_scale = 7.5
+{{fit}}
+[[layouts]]
+name = "wide"
+format = "cityscapes"
+path = "{path.name}"
+
+[objects]
+car = "a red car"
+sky = "blue sky"
+"""
+    spec_path = tmp_path / "wide.toml"
+    spec_path.write_text(spec_text.format(fit=""))
+    with pytest.warns(MaskResizeWarning, match=r"^wide_gtFine_labelIds.png \(layout 'wide'\): 512x256 \(WxH\), "
+                                               r"centre-cropped") as notices:
+        spec = load_scene_spec(spec_path)
+    assert len(notices) == 1 and "\n" not in str(notices[0].message)
+    assert spec.mask_fit == "crop" and _box(spec.masks("wide")["car"]) == (32, 32)
+    with pytest.warns(MaskResizeWarning, match="letterboxed"):
+        assert load_scene_spec(spec_path, mask_fit="letterbox").masks("wide")["car"].sum() == 16 * 16 + 10 * 10
+    spec_path.write_text(spec_text.format(fit='mask_fit = "letterbox"'))
+    with pytest.warns(MaskResizeWarning, match="letterboxed"):
+        assert load_scene_spec(spec_path).mask_fit == "letterbox"
+    spec_path.write_text(spec_text.format(fit='mask_fit = "stretch"'))
+    with pytest.raises(SceneSpecError, match="field 'mask_fit' is 'stretch'; use one of crop, letterbox"):
+        load_scene_spec(spec_path)

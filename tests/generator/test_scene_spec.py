@@ -122,9 +122,10 @@ def test_empty_mask(layout_files):
         load_scene_spec(write_spec(folder, text))
 
 
-def test_mask_of_another_size_is_resized_with_a_warning(layout_files):
+def test_mask_of_another_size_is_resized_with_a_notice(layout_files):
     text = HEADER.format(count=1).replace("width = 64\nheight = 48", "width = 128\nheight = 96") + LAYOUTS + OBJECTS
-    with pytest.warns(MaskResizeWarning, match="masks are 48x64 .*generates 96x128"):
+    with pytest.warns(MaskResizeWarning, match=r"layout_gtFine_labelIds.png \(layout 'city'\): 64x48 \(WxH\), scaled x2 "
+                                                r"to 128x96 \(nearest neighbour\)$"):
         spec = load_scene_spec(write_spec(layout_files["coco"].parent, text))
     car = spec.masks("city")["car"]
     assert car.shape == (96, 128)

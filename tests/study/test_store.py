@@ -12,7 +12,7 @@ from _studykit import at, make_study, study_db, write_panorama, write_protocol  
 from study import stimuli as stimuli_module
 from study.engine import SessionEngine
 from study.errors import StimulusError, StoreError
-from study.models import Answer, Event, Participant, PoseSample, SchemaInfo, SsqAnswer, StepDone, Stimulus, StudySession, Trial
+from study.models import SCHEMA_VERSION, Answer, Event, Participant, PoseSample, SchemaInfo, SsqAnswer, StepDone, Stimulus, StudySession, Trial
 from study.store import add_participant, create_study, delete_participant, import_stimuli, open_study
 
 
@@ -71,7 +71,7 @@ def test_a_newer_schema_version_is_refused(tmp_path):
     with engine.begin() as connection:
         connection.execute(sa.update(SchemaInfo.__table__).values(version=99))
     engine.dispose()
-    with pytest.raises(StoreError, match=r"schema_info.version is 99, this panostudy reads version 1; upgrade"):
+    with pytest.raises(StoreError, match=rf"schema_info.version is 99, this panostudy reads version {SCHEMA_VERSION}; upgrade"):
         open_study(tmp_path / "study.sqlite")
 
 

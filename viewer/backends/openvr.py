@@ -14,14 +14,15 @@ the same neutral grey the renderer fades to.
 from __future__ import annotations
 
 import ctypes
+import time
 from importlib import resources
 
 import numpy as np
 
 from study.errors import BackendUnavailable
-from viewer.backends.base import Backend, Capabilities, Frame, FrameInput, InputEvent, Ray
+from viewer.backends.base import Backend, Capabilities, Frame, FrameInput, HeadSample, InputEvent, Ray
 from viewer.camera import eye_pose, pose_matrix, tangents_from_projection_raw
-from viewer.renderer import GREY_SRGB, EyeView, Renderer
+from viewer.renderer import GREY_SRGB, EyeView, Renderer, finish
 
 ACTION_SET = "/actions/panostudy"
 
@@ -118,8 +119,10 @@ class OpenVRBackend(Backend):
             handle.eColorSpace = openvr.ColorSpace_Gamma
             self._submit.append(handle)
         self._poses = (openvr.TrackedDevicePose_t * openvr.k_unMaxTrackedDeviceCount)()
+        # the sampling thread's own pose array (the HMD is device 0), so it never touches the render thread's
+        self._sampled = (openvr.TrackedDevicePose_t * 1)()
         self.compositor = openvr.VRCompositor()
-        self._stats_before = self._cumulative_stats()
+        self._stats_before = self._stats_at_open = self._cumulative_stats()
         self._head = np.eye(3)
         self._head_position = np.zeros(3)
 
@@ -143,7 +146,12 @@ class OpenVRBackend(Backend):
         event = openvr.VREvent_t()
         while self.vr.pollNextEvent(event):
             if event.eventType == openvr.VREvent_Quit:
-                events.append(InputEvent("quit"))
+                # granted at once: the session stops as interrupted and is resumed later
+                self.vr.acknowledgeQuit_Exiting()
+                events.append(InputEvent("quit", key="SteamVR is shutting down (VREvent_Quit)"))
+            elif (event.eventType == openvr.VREvent_TrackedDeviceDeactivated
+                  and event.trackedDeviceIndex == openvr.k_unTrackedDeviceIndex_Hmd):
+                events.append(InputEvent("quit", key="the headset was disconnected (VREvent_TrackedDeviceDeactivated)"))
         self.compositor.waitGetPoses(self._poses, None)
         hmd = self._poses[openvr.k_unTrackedDeviceIndex_Hmd]
         if hmd.bPoseIsValid:
@@ -161,6 +169,23 @@ class OpenVRBackend(Backend):
             events.append(InputEvent("click", ray=pointer))
         return FrameInput(head=self._head, pointer=pointer, events=tuple(events), head_position=self._head_position)
 
+    def head_at(self, monotonic_ns: int) -> HeadSample | None:
+        """The HMD pose SteamVR predicts for ``monotonic_ns`` (a moment just past or just ahead).
+
+        ``GetDeviceToAbsoluteTrackingPose`` extrapolates the latest tracking by the seconds given; the
+        pose-sampling thread asks at the due time, so the offset is a fraction of a millisecond. Its
+        vtable call reads tracking state and is made from the sampling thread, while the render thread
+        waits in ``WaitGetPoses``.
+        """
+        openvr = self._openvr
+        seconds = (monotonic_ns - time.monotonic_ns()) / 1e9
+        self.vr.getDeviceToAbsoluteTrackingPose(openvr.TrackingUniverseStanding, seconds, self._sampled)
+        hmd = self._sampled[openvr.k_unTrackedDeviceIndex_Hmd]
+        if not hmd.bPoseIsValid:
+            return None
+        rotation, position = pose_matrix(_m34(hmd.mDeviceToAbsoluteTracking))
+        return HeadSample(rotation, position)
+
     def draw(self, frame: Frame) -> None:
         head34 = np.hstack([self._head, self._head_position[:, None]])
         for eye, fbo, tangents, eye_to_head in zip(self._eyes, self._fbos, self._tangents, self._eye_to_head):
@@ -169,10 +194,14 @@ class OpenVRBackend(Backend):
                                    fade=frame.fade, panel=frame.panel)
         for eye, handle in zip(self._eyes, self._submit):
             self.compositor.submit(eye, handle)
+        self.capture_mirror(self._fbos[0])
         # the submit docstring asks for a glFlush after both eyes; moderngl offers only glFinish, and the
         # compositor has just taken the textures, so waiting costs nothing that waitGetPoses would not
-        self.ctx.finish()
+        finish(self.ctx)
         return None
+
+    def dropped_frames(self) -> int | None:
+        return self._cumulative_stats().m_nNumDroppedFrames - self._stats_at_open.m_nNumDroppedFrames
 
     def fade_to_grey(self, seconds: float, grey: bool) -> None:
         level = GREY_SRGB / 255.0

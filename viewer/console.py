@@ -38,29 +38,32 @@ class Console:
         frame = ttk.Frame(root, padding=12)
         frame.grid(sticky="nsew")
         root.columnconfigure(0, weight=1)
-        self.vars = {name: tk.StringVar(value="") for name in ("who", "state", "step", "stimulus", "answer", "rates", "note")}
+        self.vars = {name: tk.StringVar(value="") for name in ("who", "state", "hint", "step", "stimulus", "answer", "rates",
+                                                                 "note")}
         big = ("TkDefaultFont", 14, "bold")
         ttk.Label(frame, textvariable=self.vars["who"], font=big).grid(row=0, column=0, columnspan=4, sticky="w")
         self.state_label = tk.Label(frame, textvariable=self.vars["state"], font=("TkDefaultFont", 18, "bold"),
                                     fg="white", bg="#2a7a2a", padx=10, pady=4)
         self.state_label.grid(row=1, column=0, columnspan=4, sticky="ew", pady=(6, 6))
-        for row, name in enumerate(("step", "stimulus", "answer", "rates", "note"), start=2):
-            ttk.Label(frame, textvariable=self.vars[name], wraplength=620, justify="left").grid(
+        ttk.Label(frame, textvariable=self.vars["hint"], wraplength=640, justify="left",
+                  font=("TkDefaultFont", 11, "bold")).grid(row=2, column=0, columnspan=4, sticky="w", pady=(0, 6))
+        for row, name in enumerate(("step", "stimulus", "answer", "rates", "note"), start=3):
+            ttk.Label(frame, textvariable=self.vars[name], wraplength=640, justify="left").grid(
                 row=row, column=0, columnspan=4, sticky="w", pady=1)
         self.buttons = {}
         for column, (name, label) in enumerate((("pause", "Pause (P)"), ("resume", "Resume (R)"),
                                                 ("break", "Break now (B)"), ("abort", "Abort… (A)"))):
             button = ttk.Button(frame, text=label, command=lambda n=name: self.control(n))
-            button.grid(row=7, column=column, sticky="ew", padx=3, pady=(10, 4))
+            button.grid(row=8, column=column, sticky="ew", padx=3, pady=(10, 4))
             frame.columnconfigure(column, weight=1)
             self.buttons[name] = button
         self.mirror_on = tk.BooleanVar(value=False)
         ttk.Checkbutton(frame, text="Mirror the participant's view (M)", variable=self.mirror_on,
-                        command=self.send_mirror).grid(row=8, column=0, columnspan=4, sticky="w", pady=4)
+                        command=self.send_mirror).grid(row=9, column=0, columnspan=4, sticky="w", pady=4)
         self.mirror_label = ttk.Label(frame)
-        self.mirror_label.grid(row=9, column=0, columnspan=4)
+        self.mirror_label.grid(row=10, column=0, columnspan=4)
         self.log = tk.Text(frame, height=7, width=84, state="disabled", relief="flat", background="#f2f2f2")
-        self.log.grid(row=10, column=0, columnspan=4, sticky="ew", pady=(6, 0))
+        self.log.grid(row=11, column=0, columnspan=4, sticky="ew", pady=(6, 0))
         self.logged = 0
         for key, name in (("p", "pause"), ("r", "resume"), ("b", "break"), ("a", "abort")):
             root.bind(f"<KeyPress-{key}>", lambda event, n=name: self.control(n))
@@ -157,7 +160,8 @@ class Console:
                              f"({s['session_name']}) · station {s.get('station') or 'unnamed'}")
         colours = {"running": "#2a7a2a", "paused": "#b07000", "break": "#2a5a9a", "asking": "#b07000",
                    "complete": "#555555", "consent": "#2a5a9a", "ready": "#2a5a9a"}
-        self.vars["state"].set(s.get("state_text", self.state.upper()))
+        self.vars["state"].set(self.state.upper())
+        self.vars["hint"].set(s.get("state_text", ""))
         self.state_label.configure(bg=colours.get(self.state, "#555555"))
         self.vars["step"].set(f"Step {s['step_index']} of {s['step_count']}: {s['step_text']}")
         if s.get("stimulus"):

@@ -40,6 +40,9 @@ from viewer.pose import PoseSampler, due_times, rate_report
 FADE_S = 0.5
 #: Display refresh of the HTC VIVE Pro Eye; frame times above its period are counted per trial.
 DISPLAY_HZ = 90.0
+#: Horizontal field of view of the desktop's fixed panel view: the 1.2 m panel at 1.5 m (43.6°) fills
+#: about 85 % of the window's width.
+PANEL_VIEW_FOV_DEG = 52.0
 
 
 class SessionDriver(Protocol):
@@ -279,13 +282,14 @@ class SessionRunner:
         recent = np.array(self._recent_frames) if self._recent_frames else np.array([0.0])
         mean = float(recent.mean())
         shown = self._stimulus_shown_s
-        state_text = {"running": "RUNNING", "paused": "PAUSED — press Resume when the participant is ready",
-                      "ready": "WAITING for the participant's Continue", "asking": "The participant pressed Escape: "
-                      "asking whether to stop", "complete": "COMPLETE — Resume (R) closes the participant's window"}
+        state_text = {"running": "", "paused": "The participant sees the paused panel. Resume (R) when they are ready.",
+                      "ready": "Waiting for the participant to select Continue on the \"ready?\" panel.",
+                      "asking": "Escape was pressed in the participant's window: it asks whether to stop.",
+                      "complete": "The session is complete. Resume (R) closes the participant's window."}
         status = {
             "participant": engine.participant_code, "session_number": engine.number,
             "session_count": engine.sessions_in_protocol(), "session_name": engine.spec.name, "station": self.station,
-            "state": self.mode, "state_text": state_text.get(self.mode, self.mode.upper()),
+            "state": self.mode, "state_text": state_text.get(self.mode, ""),
             "step_index": self._step_progress[0] + 1, "step_count": self._step_progress[1],
             "step_text": describe_step(step) if step is not None else "starting",
             "stimulus": step.stimulus_path if step is not None and step.kind == "stimulus" else None,
@@ -476,7 +480,7 @@ class SessionRunner:
         is true (returns ``(None, t0, t1)``)."""
         if not self.tracked:
             # panels have a fixed view of their own: straight ahead, the protocol's field of view
-            self.backend.reset_view(0.0, 0.0, fov_deg=self.protocol.view.fov_deg, locked=True)
+            self.backend.reset_view(0.0, 0.0, fov_deg=PANEL_VIEW_FOV_DEG, locked=True)
             if self.driver is not None:
                 self.head = np.eye(3)
         yaw = yaw_pitch_roll(self.head)[0] if self.tracked else 0.0
@@ -531,7 +535,8 @@ class SessionRunner:
         following = self.engine.submit(step.key, value, shown_at=shown_at, answered_at=shown_at + timedelta(seconds=t1 - t0))
         if value is not None:
             committed = datetime.now().strftime("%H:%M:%S")
-            self._last_answer = f"Last answer: {step.key} = {value} · committed {committed} ✓"
+            given = {1: "agreed", 0: "declined"}[value] if step.kind == "consent" else value
+            self._last_answer = f"Last answer: {step.key} = {given} · committed to the study database at {committed} ✓"
         return following
 
     def _message(self, kind: str, *, until=None, delay_s: float = 1.0):

@@ -29,10 +29,14 @@ def init(
     ] = None,
 ) -> None:
     """Create a study database for a protocol (and import the protocol's training panoramas)."""
-    from study.protocol import DEFAULT_PROTOCOL
+    from study.protocol import DEFAULT_PROTOCOL, load_protocol
     from study.store import create_study
+    from viewer.panel import check_protocol
 
-    with create_study(db, protocol if protocol is not None else DEFAULT_PROTOCOL) as study:
+    path = protocol if protocol is not None else DEFAULT_PROTOCOL
+    # every text must be drawable and fit its panel before the study exists
+    check_protocol(load_protocol(path), str(path))
+    with create_study(db, path) as study:
         loaded = study.protocol
         console.print(
             f"created study [bold]{loaded.name}[/] ({loaded.version}, protocol sha256 {loaded.sha256[:12]}) in {study.url}",
@@ -64,6 +68,17 @@ def import_stimuli(
         )
     scenes = ", ".join(f"{name}: {count}" for name, count in sorted(report.per_scene.items())) or "none"
     console.print(f"imported {report.added} stimuli ({scenes}); {report.already_present} were already in the study")
+
+
+@study_app.command("migrate")
+def migrate(db: DbOption) -> None:
+    """Bring a study database of an older schema version to this panostudy's (a copy of the old file is kept)."""
+    from study.models import SCHEMA_VERSION
+    from study.store import migrate_study
+
+    old, backup = migrate_study(db)
+    kept = f"; the version-{old} file is kept as {backup}" if backup is not None else ""
+    console.print(f"migrated {db} from schema version {old} to {SCHEMA_VERSION}{kept}", soft_wrap=True)
 
 
 @study_app.command("add-participant")
@@ -108,13 +123,16 @@ def export(
     db: DbOption,
     out: Annotated[Path, typer.Option("--out", help="Answers file, long format: .csv or .parquet.")],
     ssq: Annotated[Optional[Path], typer.Option("--ssq", help="Also write SSQ answers (.csv or .parquet).")] = None,
-    poses: Annotated[Optional[Path], typer.Option("--poses", help="Also write head pose samples (.csv or .parquet).")] = None,
+    poses: Annotated[Optional[Path], typer.Option(
+        "--poses", help="Also write head pose samples (.csv or .parquet), those of interrupted showings flagged.")] = None,
+    flags: Annotated[Optional[Path], typer.Option(
+        "--flags", help="Also write the flagged trials (.csv or .parquet): low pose rate, interrupted stimulus.")] = None,
 ) -> None:
     """Write every answer in long format (one row per answer; training rows flagged)."""
-    from study.export import check_output_path, load_answers, load_poses, load_ssq, write_frame
+    from study.export import check_output_path, load_answers, load_flagged_trials, load_poses, load_ssq, write_frame
     from study.store import open_study
 
-    for path in (out, ssq, poses):
+    for path in (out, ssq, poses, flags):
         if path is not None:
             check_output_path(path)
     with open_study(db) as study:
@@ -122,7 +140,9 @@ def export(
         if ssq is not None:
             frames.append((ssq, load_ssq(study)))
         if poses is not None:
-            frames.append((poses, load_poses(study)))
+            frames.append((poses, load_poses(study, interrupted=True)))
+        if flags is not None:
+            frames.append((flags, load_flagged_trials(study)))
     for path, frame in frames:
         write_frame(frame, path)
         console.print(f"wrote {len(frame)} rows to {path}", soft_wrap=True)
@@ -134,7 +154,7 @@ def info(db: DbOption) -> None:
     import sqlalchemy as sa
     from rich.table import Table
 
-    from study.models import Participant, Stimulus
+    from study.models import SESSION_STATUSES, Participant, Stimulus
     from study.store import open_study, session_status_counts
 
     with open_study(db) as study:
@@ -153,7 +173,7 @@ def info(db: DbOption) -> None:
         counts = {training: n for name, training, n in stimuli if name == scene}
         table.add_row(scene, str(counts.get(False, 0)), str(counts.get(True, 0)))
     console.print(table)
-    status = ", ".join(f"{name} {sessions.get(name, 0)}" for name in ("planned", "running", "completed", "withdrawn"))
+    status = ", ".join(f"{name} {sessions.get(name, 0)}" for name in SESSION_STATUSES)
     console.print(f"participants: {participants} of {protocol.participants} planned; sessions: {status}")
 
 

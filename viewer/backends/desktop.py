@@ -118,7 +118,9 @@ class DesktopBackend(Backend):
 
         if button != glfw.MOUSE_BUTTON_LEFT:
             return
-        x, y = glfw.get_cursor_pos(window)
+        # the position of the cursor events so far, not the pointer's position now: events queued within
+        # one poll would otherwise turn a fast drag into a click
+        x, y = self._last if self._last is not None else glfw.get_cursor_pos(window)
         if action == glfw.PRESS:
             self._press = self._last = (x, y)
         elif action == glfw.RELEASE and self._press is not None:

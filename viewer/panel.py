@@ -314,9 +314,14 @@ def layout_panel(content: PanelContent, chain: FontChain) -> PanelLayout:
             x0 = _MARGIN + i * (width + _GAP)
             box = Box(f"value:{value}", x0, _VALUES[0], x0 + width, _VALUES[1])
             values.append(Button(box, (_centred(chain, str(value), DIGIT_SIZE, box),)))
-            label = content.labels.get(value, "")
-            if label:
-                labels += _label_lines(chain, label, box, value)
+        # a label may use the room up to halfway to the next labelled value (bipolar and 11-point scales
+        # label only a few values, and their words need more than one button's width)
+        labelled = [(value, button.box) for value, button in zip(content.values, values) if content.labels.get(value)]
+        centres = [(box.x0 + box.x1) / 2 for _, box in labelled]
+        for k, (value, box) in enumerate(labelled):
+            left = _MARGIN if k == 0 else (centres[k - 1] + centres[k]) / 2 + _GAP / 2
+            right = WIDTH_PX - _MARGIN if k == len(labelled) - 1 else (centres[k] + centres[k + 1]) / 2 - _GAP / 2
+            labels += _label_lines(chain, content.labels[value], box, value, left, right)
 
     pages_count = len(pages)
     previous_page = None
@@ -359,22 +364,32 @@ def _nav_button(chain: FontChain, variants: list[str], target: str, edge: float,
     return Button(box, tuple(_centred(chain, v, size, box) for v in variants))
 
 
-def _label_lines(chain: FontChain, label: str, box: Box, value: int) -> list[TextLine]:
-    width = box.x1 - box.x0
-    for size in LABEL_SIZES:
+def _label_lines(chain: FontChain, label: str, box: Box, value: int, left: float, right: float) -> list[TextLine]:
+    """The label's lines under its button: centred on it, moved sideways within ``left..right`` if needed.
+
+    The room is the button's own width widened to ``left..right``; a word is broken only if it is wider
+    than all of that.
+    """
+    centre = (box.x0 + box.x1) / 2
+    lo, hi = min(left, box.x0), max(right, box.x1)
+    attempts = [(size, width, False) for size in LABEL_SIZES for width in (box.x1 - box.x0, hi - lo)]
+    for size, width, breaking in attempts + [(LABEL_SIZES[-1], hi - lo, True)]:
         ascent, descent = chain.line_metrics(size)
         step = (ascent + descent) * 1.08
-        lines = [line for p in paragraphs(label) for line in wrap(p, width, chain, size)]
-        if all(chain.width(line, size) <= width for line in lines) and \
-                box.y1 + 10 + (len(lines) - 1) * step + ascent + descent <= _LABELS_BOTTOM:
-            placed, y = [], box.y1 + 10
-            for line in lines:
-                line_width = chain.width(line, size)
-                placed.append(_line(chain, line, size, (box.x0 + box.x1 - line_width) / 2, y))
-                y += step
-            return placed
+        wrapped = [wrap(p, width, chain, size, break_words=breaking) for p in paragraphs(label)]
+        if any(w is None for w in wrapped):
+            continue
+        lines = [line for w in wrapped for line in w]
+        if box.y1 + 10 + (len(lines) - 1) * step + ascent + descent > _LABELS_BOTTOM:
+            continue
+        placed, y = [], box.y1 + 10
+        for line in lines:
+            line_width = chain.width(line, size)
+            placed.append(_line(chain, line, size, min(max(centre - line_width / 2, lo), hi - line_width), y))
+            y += step
+        return placed
     raise LayoutError(f"label:{value}", f"label {label!r} does not fit under its button even at {LABEL_SIZES[-1]} px "
-                                        f"({width:.0f} px wide); shorten it")
+                                        f"({hi - lo:.0f} px wide); shorten it")
 
 
 # -- the panel ---------------------------------------------------------------------------------------------
@@ -453,7 +468,8 @@ class Panel:
             remaining = self._remaining_s(now_s)
             if remaining > 0:
                 text = self.content.countdown.format(seconds=math.ceil(remaining))
-                return next((c for c in button.captions if c.text == text), button.captions[1])
+                # laid out for the widest count; every count fits at that size
+                return _centred(self.fonts, text, button.captions[1].size, button.box)
         return button.captions[0]
 
     def draw(self, now_s: float) -> np.ndarray:

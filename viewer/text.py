@@ -207,8 +207,9 @@ def paragraphs(text: str) -> list[str]:
     return result
 
 
-def wrap(paragraph: str, width: float, chain: FontChain, size: int) -> list[str]:
-    """Lines of one paragraph, each no wider than ``width`` px at ``size`` px."""
+def wrap(paragraph: str, width: float, chain: FontChain, size: int, *, break_words: bool = True) -> list[str] | None:
+    """Lines of one paragraph, each no wider than ``width`` px at ``size`` px; a word wider than the
+    line is broken between characters, or with ``break_words=False`` the result is None."""
     lines: list[str] = []
     current = ""
     for token, space in _tokens(paragraph):
@@ -219,6 +220,8 @@ def wrap(paragraph: str, width: float, chain: FontChain, size: int) -> list[str]
         if current:
             lines.append(current)
         current = token
+        if not break_words and chain.width(current, size) > width:
+            return None
         while chain.width(current, size) > width:
             # a word longer than the line: break it between characters
             cut = len(current) - 1

@@ -1,3 +1,6 @@
+-- A panostudy study database of schema version 1, made by the code of commit 71d59a5 (tests/study/_studykit.py:
+-- tiny protocol, 1 s exposure at 5 Hz, one stimulus per scene; P01 completed, P02 stopped after 25 steps,
+-- P03 enrolled only). tests/study/test_sessions.py migrates it. Made with: sqlite3 study.sqlite .dump
 PRAGMA foreign_keys=OFF;
 BEGIN TRANSACTION;
 CREATE TABLE schema_info (

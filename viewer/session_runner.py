@@ -40,6 +40,8 @@ from viewer.pose import PoseSampler, due_times, rate_report
 FADE_S = 0.5
 #: Display refresh of the HTC VIVE Pro Eye; frame times above its period are counted per trial.
 DISPLAY_HZ = 90.0
+#: Seconds a scripted participant takes to continue the session's own panels (ready, thank-you).
+SCRIPTED_MESSAGE_S = 0.5
 #: Horizontal field of view of the desktop's fixed panel view: the 1.2 m panel at 1.5 m (43.6°) fills
 #: about 85 % of the window's width.
 PANEL_VIEW_FOV_DEG = 52.0
@@ -144,6 +146,8 @@ class SessionRunner:
         self.resumed = resumed
         self.station = station
         self.tracked = backend.capabilities.head_tracking
+        # a scripted participant moves the head only where no tracker does
+        self.scripted_head = driver is not None and not self.tracked
         if backend.capabilities.paced or driver is None:
             self.clock = _RealClock()
             self.sampler = PoseSampler(engine.pose_rate_hz, self._head_at)
@@ -318,7 +322,7 @@ class SessionRunner:
     # -- stimuli -----------------------------------------------------------------------------------------
 
     def _scripted_motion(self, step) -> np.ndarray | None:
-        if self.driver is None:
+        if not self.scripted_head:
             return None
         from study.driver import scripted_head_motion
 
@@ -462,7 +466,7 @@ class SessionRunner:
             self._log.append(f"trial {step.trial_index}: head poses below 95 % of {rate:g} Hz (flagged)")
 
     def _scripted_head(self, motion: np.ndarray | None, t_s: float) -> np.ndarray | None:
-        if self.driver is None:
+        if not self.scripted_head:
             return None
         if motion is None or not len(motion):
             return self.head
@@ -481,7 +485,7 @@ class SessionRunner:
         if not self.tracked:
             # panels have a fixed view of their own: straight ahead, the protocol's field of view
             self.backend.reset_view(0.0, 0.0, fov_deg=PANEL_VIEW_FOV_DEG, locked=True)
-            if self.driver is not None:
+            if self.scripted_head:
                 self.head = np.eye(3)
         yaw = yaw_pitch_roll(self.head)[0] if self.tracked else 0.0
         t0 = self.clock.now()
@@ -499,7 +503,7 @@ class SessionRunner:
                 # sent again every frame until the panel takes them (pages, a break's minimum)
                 events = tuple(make_events(panel))
             user = self._frame(Frame(stimulus=None, fade=1.0, panel=panel.quad(now),
-                                     head=self.head if self.driver else None))
+                                     head=self.head if self.scripted_head else None))
             panel.hover(user.pointer)
             for event in user.events + events:
                 result, changed = panel.handle(event, now)
@@ -539,7 +543,7 @@ class SessionRunner:
             self._last_answer = f"Last answer: {step.key} = {given} · committed to the study database at {committed} ✓"
         return following
 
-    def _message(self, kind: str, *, until=None, delay_s: float = 1.0):
+    def _message(self, kind: str, *, until=None, delay_s: float = SCRIPTED_MESSAGE_S):
         scripted = None
         if self.driver is not None and until is None:
             scripted = ((lambda panel: [InputEvent("key", "enter")]), delay_s)
@@ -555,8 +559,9 @@ class SessionRunner:
         self._record("paused", {})
         scripted_resume = self.driver is not None and self.console is None
         start = self.clock.now()
-        # a scripted session without a console (tests) resumes after two seconds
-        self._message("paused", until=lambda: self._resume_requested or (scripted_resume and self.clock.now() - start > 2.0))
+        # a scripted session without a console (tests) resumes by itself
+        self._message("paused", until=lambda: self._resume_requested
+                      or (scripted_resume and self.clock.now() - start > 4 * SCRIPTED_MESSAGE_S))
         self._record("resumed_after_pause", {"paused_s": round(self.clock.now() - start, 3)})
         self.mode = "running"
 
@@ -587,7 +592,7 @@ class SessionRunner:
     def _end(self) -> None:
         self.mode, self._finish_requested = "complete", False
         self._step = None
-        scripted = ((lambda panel: [InputEvent("key", "enter")]), 2.0) if self.driver is not None else None
+        scripted = ((lambda panel: [InputEvent("key", "enter")]), SCRIPTED_MESSAGE_S) if self.driver is not None else None
         while True:
             try:
                 self._show(message_content("end", self.protocol), scripted=scripted, until=lambda: self._finish_requested)
@@ -605,7 +610,7 @@ class SessionRunner:
         interrupted, reason = False, None
         try:
             # one grey frame first, so the first panel knows where the head is
-            self._frame(Frame(stimulus=None, fade=1.0, head=self.head if self.driver else None))
+            self._frame(Frame(stimulus=None, fade=1.0, head=self.head if self.scripted_head else None))
             if self.resumed and step.kind != "done" and self.engine.progress()[0] > 0:
                 self._ready()
             while step.kind != "done":

@@ -52,7 +52,7 @@ def test_csv_and_parquet_round_trip_to_the_same_frame(finished, tmp_path):
 
 def test_ssq_and_poses(finished):
     ssq = load_ssq(finished)
-    assert list(ssq.columns) == ["participant", "session", "phase", "item", "value"]
+    assert list(ssq.columns) == ["participant", "session", "session_number", "station", "phase", "item", "value"]
     assert len(ssq) == 2 * 2 * 16 and ssq["value"].between(0, 3).all()
     assert sorted(ssq.query("participant == 'P01' and phase == 'post'")["item"]) == list(range(1, 17))
     poses = load_poses(finished)

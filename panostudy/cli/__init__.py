@@ -19,9 +19,12 @@ class _OneLineErrors(TyperGroup):
         try:
             return super().invoke(ctx)
         except PanostudyError as exc:
+            from rich.markup import escape
+
             from panostudy.cli._console import err_console
 
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # escaped: messages name TOML tables such as [panel], which rich would take for markup
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
 

@@ -15,6 +15,7 @@ With a simulated clock (the headless backend and a scripted participant) no thre
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
@@ -29,6 +30,9 @@ from study.errors import ProtocolError
 MAX_POSE_RATE_HZ = 90.0
 #: Share of the protocol's rate below which a trial is flagged ``pose_rate_low``.
 LOW_RATE_SHARE = 0.95
+#: The sampler thread asks the OS for this real-time priority (Linux ``SCHED_FIFO``) where it may: it
+#: sleeps nearly all the time, and wakes ahead of the renderer's threads on a busy machine.
+REALTIME_PRIORITY = 10
 #: While sampling, Python hands the interpreter lock over this often (the default 5 ms would let the
 #: render thread's Python work delay a sample by up to 5 ms).
 SWITCH_INTERVAL_S = 0.0005
@@ -106,9 +110,12 @@ class PoseSampler:
         ``source(monotonic_ns) -> HeadSample | None``: the head at that time (None: no pose then).
     clock_ns : callable
         The clock the due times are on (``time.monotonic_ns``).
+    raise_priority : bool
+        Ask the OS for a real-time (else a higher) priority for the sampling thread where allowed.
     """
 
-    def __init__(self, rate_hz: float, source: Callable[[int], object], *, clock_ns: Callable[[], int] = time.monotonic_ns):
+    def __init__(self, rate_hz: float, source: Callable[[int], object], *, clock_ns: Callable[[], int] = time.monotonic_ns,
+                 raise_priority: bool = True):
         self.rate_hz = check_rate(rate_hz)
         self.period_ns = round(1e9 / self.rate_hz)
         self._source = source
@@ -123,6 +130,8 @@ class PoseSampler:
         self._end_ns: int | None = None
         self._error: BaseException | None = None
         self._switch_interval = None
+        self.priority = "normal"
+        self._wants_priority = raise_priority
 
     def start(self, onset_ns: int, exposure_s: float) -> None:
         """Starts sampling an exposure that began (or begins) at ``onset_ns`` and lasts ``exposure_s``."""
@@ -148,7 +157,24 @@ class PoseSampler:
             with self._lock:
                 self._samples.append(record)
 
+    def _raise_priority(self) -> str:
+        """Gives the sampling thread a real-time (else a higher) OS priority where the system allows it
+        (root, ``CAP_SYS_NICE`` or a ``rtprio``/``nice`` limit in /etc/security/limits.conf); returns which."""
+        tid = threading.get_native_id()
+        try:
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+            return "realtime"
+        except (AttributeError, OSError):
+            pass
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, -10)
+            return "nice -10"
+        except (AttributeError, OSError):
+            return "normal"
+
     def _run(self) -> None:
+        if self._wants_priority:
+            self.priority = self._raise_priority()
         try:
             while True:
                 with self._lock:

@@ -455,7 +455,8 @@ class SessionRunner:
         rate = self.engine.pose_rate_hz
         report = rate_report([s.t for s in samples], rate, step.exposure_s, getattr(self, "_lateness", []))
         self.engine.record_event("pose_rate", {"trial_index": step.trial_index, "presentation": presentation,
-                                               "rate_hz": rate, **report.as_detail()})
+                                               "rate_hz": rate, **report.as_detail(),
+                                               "sampler_priority": self.sampler.priority if self.sampler else "simulated"})
         self._last_pose = f"{report.achieved_hz:.1f} Hz, largest gap {report.largest_gap_s * 1000:.0f} ms"
         if report.low(rate):
             self.engine.flag_trial(

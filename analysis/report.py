@@ -54,6 +54,8 @@ class Analysis:
         Weighted SSQ scores and the pre/post test; None when there are no SSQ answers.
     poses : pandas.DataFrame
         Head-pose samples (possibly empty).
+    flags : pandas.DataFrame or None
+        Flagged trials (``study.export.load_flagged_trials``); None when the input had none to give.
     """
 
     answers: pd.DataFrame
@@ -66,6 +68,7 @@ class Analysis:
     ssq_scores: pd.DataFrame | None
     ssq_test: pd.DataFrame | None
     poses: pd.DataFrame
+    flags: pd.DataFrame | None = None
 
 
 def _step(progress: Progress | None, name: str) -> None:
@@ -74,7 +77,7 @@ def _step(progress: Progress | None, name: str) -> None:
 
 
 def analyze(answers: pd.DataFrame, *, ssq: pd.DataFrame | None = None, poses: pd.DataFrame | None = None,
-            screening: str = "bt500", progress: Progress | None = None) -> Analysis:
+            screening: str = "bt500", progress: Progress | None = None, flags: pd.DataFrame | None = None) -> Analysis:
     """Runs every analysis of the study.
 
     Parameters
@@ -83,6 +86,8 @@ def analyze(answers: pd.DataFrame, *, ssq: pd.DataFrame | None = None, poses: pd
         Long-format answers (training rows are dropped here).
     ssq, poses : pandas.DataFrame, optional
         SSQ answers and head-pose samples in the long formats of ``study.export``.
+    flags : pandas.DataFrame, optional
+        Flagged trials (``study.export.load_flagged_trials``), counted in the report.
     screening : {"none", "bt500", "p913", "mle"}
         Observer screening applied before Table 1, the summaries and the mixed models.
     progress : callable, optional
@@ -120,7 +125,7 @@ def analyze(answers: pd.DataFrame, *, ssq: pd.DataFrame | None = None, poses: pd
         scores = ssq_scores(ssq)
         test_frame = ssq_pre_post(scores)
     return Analysis(test, screened, main, robustness, all_summaries(screened.answers), effects, rel, scores,
-                    test_frame, pose_frame)
+                    test_frame, pose_frame, flags)
 
 
 def stimulus_thumbnails(answers: pd.DataFrame, *, root: Path | None = None, width: int = 256) -> dict[str, np.ndarray]:
@@ -177,6 +182,11 @@ def render_html(analysis: Analysis, figures: Mapping[str, bytes], *, title: str 
         f"(training excluded) from {n_part} participants, {a.answers['stimulus'].nunique()} stimuli, "
         f"{a.answers['scene'].nunique()} scenes, {a.answers['scale'].nunique()} scales.</p>"
     )
+    if a.flags is not None:
+        counts = a.flags.groupby("flag").size()
+        listed = ", ".join(f"{e(str(flag))} {n}" for flag, n in counts.items()) or "none"
+        parts.append(f"<p class='note'>Flagged trials: {len(a.flags)} ({listed}); their answers are kept in the "
+                     "analysis. List them with 'panostudy study export --flags'.</p>")
     parts.append("<h2>Table 1</h2>")
     parts.append(f"<p>Mean score per scale (rows) and scene (columns), mean ± CI half-width. {e(t.ci_method)}.</p>")
     wide = t.wide("mos").astype(object)

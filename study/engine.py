@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -200,6 +201,13 @@ class SessionEngine:
             stimuli = session.scalars(
                 sa.select(Stimulus).where(Stimulus.study_id == db.study_id).order_by(Stimulus.id)
             ).all()
+            for key in db.protocol.view.start_yaw:
+                wanted = Path(key).parts
+                if not any(Path(s.path).parts[-len(wanted):] == wanted for s in stimuli):
+                    raise SessionError(
+                        f"protocol view.start_yaw.\"{key}\": no imported stimulus has a path ending in it; fix the "
+                        "key (e.g. \"street/0.png\") or import that stimulus"
+                    )
             tests = [StimulusRef(s.id, s.scene) for s in stimuli if not s.training]
             training = [StimulusRef(s.id, s.scene) for s in stimuli if s.training] if spec.training else []
             if not tests:

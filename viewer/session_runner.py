@@ -296,7 +296,7 @@ class SessionRunner:
             "state": self.mode, "state_text": state_text.get(self.mode, ""),
             "step_index": self._step_progress[0] + 1, "step_count": self._step_progress[1],
             "step_text": describe_step(step) if step is not None else "starting",
-            "stimulus": step.stimulus_path if step is not None and step.kind == "stimulus" else None,
+            "stimulus": _short(step.stimulus_path) if step is not None and step.kind == "stimulus" else None,
             "scene": step.scene if step is not None else None,
             "stimulus_time_s": self.clock.now() - shown if shown is not None else 0.0,
             "exposure_s": self.protocol.exposure_s,
@@ -633,6 +633,12 @@ class SessionRunner:
                                                      "reason": reason, "station": self.station})
         return SessionSummary(submitted, self.engine.current().kind == "done" and self.engine.status == "completed",
                               self.frames, interrupted, reason, self.engine.status)
+
+
+def _short(path: str) -> str:
+    """A stimulus as its scene folder and file name."""
+    parts = path.replace("\\", "/").split("/")
+    return "/".join(parts[-2:])
 
 
 def describe_step(step) -> str:

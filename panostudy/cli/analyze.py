@@ -43,11 +43,11 @@ def _load_db(db: str):
     url = db if "://" in db else None
     if url is None and not Path(db).is_file():
         raise AnalysisError(f"--db {db}: no such database file; give the SQLite file of 'panostudy study init' or a URL")
-    from study.export import load_answers, load_poses, load_ssq
+    from study.export import load_answers, load_flagged_trials, load_poses, load_ssq
     from study.store import open_study
 
     with open_study(url or Path(db)) as study:
-        return load_answers(study), load_ssq(study), load_poses(study)
+        return load_answers(study), load_ssq(study), load_poses(study), load_flagged_trials(study)
 
 
 def register(app: typer.Typer) -> None:
@@ -77,8 +77,9 @@ def register(app: typer.Typer) -> None:
             raise AnalysisError("--ssq and --poses go with --answers; with --db they are read from the database")
 
         # 2. Load.
+        flags = None
         if db is not None:
-            answer_frame, ssq_frame, pose_frame = _load_db(db)
+            answer_frame, ssq_frame, pose_frame, flags = _load_db(db)
         else:
             answer_frame = _read_table(answers, "--answers")
             ssq_frame = _read_table(ssq, "--ssq") if ssq is not None else None
@@ -91,16 +92,17 @@ def register(app: typer.Typer) -> None:
 
         # 3. Analyse, write and tell the user what came out.
         root = Path(db).resolve().parent if db is not None and "://" not in db else Path.cwd()
-        analyse_and_report(answer_frame, ssq_frame, pose_frame, screening=screening.value, out=out, root=root)
+        analyse_and_report(answer_frame, ssq_frame, pose_frame, screening=screening.value, out=out, root=root, flags=flags)
 
 
 def report_study(db: Path, *, screening: str, out: Path) -> Path:
     """Analyses a study database as ``panostudy analyze --db`` does; returns the report's HTML file."""
-    answers, ssq, poses = _load_db(str(db))
-    return analyse_and_report(answers, ssq, poses, screening=screening, out=out, root=Path(db).resolve().parent)
+    answers, ssq, poses, flags = _load_db(str(db))
+    return analyse_and_report(answers, ssq, poses, screening=screening, out=out, root=Path(db).resolve().parent,
+                              flags=flags)
 
 
-def analyse_and_report(answers, ssq, poses, *, screening: str, out: Path, root: Path) -> Path:
+def analyse_and_report(answers, ssq, poses, *, screening: str, out: Path, root: Path, flags=None) -> Path:
     """Runs the analysis with a progress bar, writes the report, prints Table 1; returns the HTML file."""
     from rich.progress import BarColumn, Progress, TextColumn
 
@@ -120,7 +122,7 @@ def analyse_and_report(answers, ssq, poses, *, screening: str, out: Path, root: 
             seen.append(name)
             progress.update(task, description=name)
 
-        result = run_analysis(answers, ssq=ssq, poses=poses, screening=screening, progress=advance)
+        result = run_analysis(answers, ssq=ssq, poses=poses, screening=screening, progress=advance, flags=flags)
         files = write_report(result, out, thumbnails=stimulus_thumbnails(result.answers, root=root), progress=advance)
         progress.advance(task)
 

@@ -313,3 +313,14 @@ def _version(path: Path) -> int:
 
 
 from _studykit import study_db  # noqa: E402,F401  (a fixture)
+
+
+def test_a_start_yaw_for_no_imported_stimulus_is_refused_before_planning(tmp_path):
+    db = two_day_study(tmp_path, extra='\n[view.start_yaw]\n"street/9.png" = 45\n"indoor/0.png" = -30\n')
+    try:
+        with pytest.raises(SessionError, match=r'view.start_yaw."street/9.png": no imported stimulus'):
+            SessionEngine.start(db, "P01")
+        with db.Session() as session:
+            assert session.scalar(sa.select(sa.func.count()).select_from(StudySession)) == 0
+    finally:
+        db.close()

@@ -7,7 +7,10 @@ longest frame of a preloaded switch is at most 1.5 × a normal frame.
 
 On a software renderer (Mesa llvmpipe) the GPU is the CPU, so the decoding process and the renderer
 share the cores; the switch's own work on the render thread (``update ms``) is printed separately.
-Last, a stimulus that is due before it is decoded: grey frames until it is ready.
+Last, a stimulus that is due before it is decoded: grey frames until it is ready; and the normal frame
+again with the experimenter's console open (its own process and window, status updates four times a
+second, the one-eye mirror captured five times a second), against the same frames without it (needs a
+display; an Xvfb is started if there is none).
 
 Run: ``.venv/bin/python benchmarks/bench_viewer.py [--frames 120] [--size 8192]``
 """
@@ -16,6 +19,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -120,6 +126,50 @@ def wait_on_grey(backend, path: str) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, np.array(times)
 
 
+def with_console(backend, texture, count: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Normal frames without, then with, the console open and mirroring (alternating blocks of 20, so both
+    see the same load); returns both frame-time arrays and the mirror images the console received."""
+    from viewer.console_link import ConsoleLink, read_mirror
+
+    link = ConsoleLink()
+    link.start()
+    status = {"participant": "P01", "session_number": 1, "session_count": 1, "session_name": "Session 1",
+              "station": "bench", "state": "running", "state_text": "", "step_index": 1, "step_count": 95,
+              "step_text": "trial 3 (test): stimulus", "stimulus": "street/0.png", "scene": "street",
+              "stimulus_time_s": 1.0, "exposure_s": 20.0, "last_answer": "", "frame_hz": 10.0, "frame_ms": 100.0,
+              "pose_text": "30 Hz due", "dropped": None, "controls": ("pause",), "note": "", "log": []}
+    time.sleep(2.0)   # the window opens
+    without, inside = [], []
+    try:
+        for block in range(count // 20):
+            on = block % 2 == 1
+            backend.mirror = link.mirror if on else None
+            for _ in range(20):
+                start = time.perf_counter()
+                frame(backend, texture)
+                if on:
+                    link.commands()
+                    link.send(status)
+                (inside if on else without).append((time.perf_counter() - start) * 1000.0)
+        received, _ = read_mirror(link._memory, 0)
+    finally:
+        backend.mirror = None
+        link.close()
+    return np.array(without), np.array(inside), received
+
+
+def _display() -> subprocess.Popen | None:
+    """An Xvfb for the console when there is no display (stopped by the caller)."""
+    if os.environ.get("DISPLAY") or shutil.which("Xvfb") is None:
+        return None
+    number = next(n for n in range(140, 200) if not os.path.exists(f"/tmp/.X11-unix/X{n}"))
+    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ["DISPLAY"] = f":{number}"
+    time.sleep(1.0)
+    return server
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=120, help="normal frames to time")
@@ -164,6 +214,22 @@ def main() -> None:
             print(f"due but not decoded: ready after {waited:.1f} s of grey frames ({len(grey)} frames, median "
                   f"{np.median(grey):.0f} ms, max {grey.max():.0f} ms); the decoding process is hurried to normal priority")
             print(f"threads alive: {threading.active_count()}")
+
+            server = _display()
+            try:
+                if os.environ.get("DISPLAY"):
+                    shown = stimuli.get(str(paths[0]))
+                    without, inside, mirrored = with_console(backend, shown, max(80, args.frames))
+                    print(f"console open and mirroring: normal frame median {np.median(inside):.1f} ms / p95 "
+                          f"{np.percentile(inside, 95):.1f} ms against {np.median(without):.1f} / "
+                          f"{np.percentile(without, 95):.1f} ms without it in the same run "
+                          f"({np.median(inside) / np.median(without):.3f} x); {mirrored} mirror images sent")
+                else:
+                    print("console: no display and no Xvfb; not measured")
+            finally:
+                if server is not None:
+                    server.terminate()
+                    server.wait(10)
 
 
 if __name__ == "__main__":

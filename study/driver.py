@@ -22,7 +22,7 @@ from typing import Protocol as TypingProtocol
 
 import numpy as np
 
-from study.engine import SessionEngine, Step
+from study.engine import AGREE, SessionEngine, Step
 from study.errors import SessionError
 from study.protocol import Protocol
 
@@ -269,14 +269,17 @@ class ScriptedDriver:
         Seed of the scripted head motion recorded during each stimulus.
     pace_s : float
         Real seconds to sleep before each step (lets a test kill the process mid-session).
+    consent : int
+        The answer to a consent step: ``study.engine.AGREE`` (1) or ``DECLINE`` (0).
     """
 
-    def __init__(self, answers: AnswerSource, *, motion_seed: int = 0, pace_s: float = 0.0):
+    def __init__(self, answers: AnswerSource, *, motion_seed: int = 0, pace_s: float = 0.0, consent: int = AGREE):
         if isinstance(pace_s, bool) or not 0.0 <= pace_s <= MAX_PACE_S:  # also refuses nan
             raise SessionError(f"--pace {pace_s}: must be a number of seconds in 0..{MAX_PACE_S:g}")
         self.answers = answers
         self.motion_seed = motion_seed
         self.pace_s = pace_s
+        self.consent = consent
 
     def check(self, protocol: Protocol) -> None:
         """Refuses, before a session is written, an answer file whose keys or values the protocol cannot take."""
@@ -287,6 +290,8 @@ class ScriptedDriver:
         """(value, seconds the step stays on screen) for one step."""
         if step.kind in ("rating", "ssq"):
             return self.answers.value(participant_code, step), self.answers.response_time_s(participant_code, step)
+        if step.kind == "consent":
+            return self.consent, 6.0
         if step.kind == "stimulus":
             return None, step.exposure_s
         if step.kind == "break":

@@ -1,9 +1,11 @@
 """The session state machine: what to show next, and the answers that move a session on.
 
-A session runs instructions → SSQ before → training trials → test trials (each: the stimulus, then every
-item of every scale in the participant's scale order) with breaks → SSQ after → done. The engine knows
-nothing about rendering; the viewer and the scripted driver drive it through :meth:`SessionEngine.current`
-and :meth:`SessionEngine.submit`.
+A session runs consent (where the protocol asks for it) → instructions → SSQ before → training trials →
+test trials (each: the stimulus, then every item of every scale in the participant's scale order) with
+breaks → SSQ after → done (the thank-you text). A participant may have several sessions (the protocol's
+``[[sessions]]``); each is planned and stored when it starts. The engine knows nothing about rendering;
+the viewer and the scripted driver drive it through :meth:`SessionEngine.current` and
+:meth:`SessionEngine.submit`.
 
 Crash safety: every submit is one committed transaction before the engine moves on, and the position is
 always derived from what is stored (answers, SSQ answers and finished steps), so a session opened again
@@ -17,6 +19,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Literal
 
 import sqlalchemy as sa
@@ -26,6 +29,7 @@ from study.errors import SessionError
 from study.models import (
     Answer,
     Event,
+    Participant,
     PoseSample,
     SsqAnswer,
     StepDone,
@@ -34,11 +38,16 @@ from study.models import (
     Trial,
     utc_now,
 )
-from study.planner import StimulusRef, plan_session
-from study.protocol import Protocol
-from study.store import StudyDB, get_participant
+from study.planner import StimulusRef, assign_sessions, plan_session
+from study.protocol import Protocol, SessionSpec
+from study.store import StudyDB, check_station, get_participant
 
-StepKind = Literal["instructions", "ssq", "stimulus", "rating", "break", "done"]
+StepKind = Literal["consent", "instructions", "ssq", "stimulus", "rating", "break", "done"]
+
+#: Values of the consent step: the participant agrees, or declines (which ends the session).
+AGREE, DECLINE = 1, 0
+#: Sessions in these states take no more steps.
+ENDED = ("completed", "withdrawn", "declined")
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,24 @@ class Step:
     training: bool = False
     exposure_s: float | None = None
     min_duration_s: float | None = None
+    item_number: int | None = None       # rating: position among the trial's questions; SSQ: among its items
+    item_count: int | None = None
+    start_yaw_deg: float = 0.0           # stimulus: the direction straight ahead when it appears
+
+
+@dataclass(frozen=True)
+class PoseRecord:
+    """One head pose sample as :meth:`SessionEngine.record_poses` stores it (a plain 4-tuple
+    ``(t_s, yaw_deg, pitch_deg, roll_deg)`` works too)."""
+
+    t: float
+    yaw_deg: float
+    pitch_deg: float
+    roll_deg: float
+    fov_h_deg: float | None = None
+    fov_v_deg: float | None = None
+    position: tuple[float, float, float] | None = None
+    runtime_time_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +126,12 @@ class SessionEngine:
         with db.Session() as session:
             row = session.get(StudySession, session_id)
             self.status: str = row.status
+            self.number: int = row.number
+            self.station: str | None = row.station
+            self._requested_breaks = {
+                int(detail["before_trial"]) for detail in session.scalars(
+                    sa.select(Event.detail).where(Event.session_id == session_id, Event.kind == "break_requested"))
+            }
             self.trials: tuple[PlannedTrialRow, ...] = tuple(
                 PlannedTrialRow(t.id, t.index, t.stimulus.path, t.stimulus.scene, t.training, tuple(t.scale_order), t.break_before)
                 for t in session.scalars(
@@ -106,6 +139,7 @@ class SessionEngine:
                     .options(so.joinedload(Trial.stimulus))
                 )
             )
+        self.spec: SessionSpec = self.protocol.session(self.number)
         self._trial_by_index = {t.index: t for t in self.trials}
         # The fixed parts of the step sequence, built once; only minute-rule breaks depend on stored times.
         self._fixed_trial_steps = {t.index: tuple(self._trial_steps(t)) for t in self.trials}
@@ -115,35 +149,86 @@ class SessionEngine:
     # -- opening -----------------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, db: StudyDB, participant_code: str) -> SessionEngine:
-        """Plans the participant's session and stores the whole trial order in one transaction.
+    def start(cls, db: StudyDB, participant_code: str, *, station: str | None = None,
+              number: int | None = None) -> SessionEngine:
+        """Plans the participant's next due session (or session ``number``) and stores its whole trial
+        order in one transaction.
+
+        Parameters
+        ----------
+        station : str, optional
+            Name of the machine the session runs on (letters, digits, ``.``, ``_``, ``-``).
+        number : int, optional
+            The session to start (1-based); default: the first one the participant has not had.
 
         Raises
         ------
         StoreError
-            If the participant is not enrolled.
+            If the participant is not enrolled or the station name is not a safe name.
         SessionError
-            If they already have a session, or no test stimuli have been imported.
+            If a session of theirs is still open, they withdrew or declined, every session is done,
+            ``number`` is not one of the protocol's or already taken, or no test stimuli are there.
+        ProtocolError
+            If ``number`` is not one of the protocol's sessions.
         """
+        if station is not None:
+            check_station(station)
         with db.Session.begin() as session:
             participant = get_participant(session, db, participant_code)
-            existing = session.scalars(
-                sa.select(StudySession).where(StudySession.participant_id == participant.id)
-            ).one_or_none()
-            if existing is not None:
+            existing = {row.number: row for row in session.scalars(
+                sa.select(StudySession).where(StudySession.participant_id == participant.id))}
+            _refuse_if_over(participant_code, existing.values())
+            open_rows = [row for row in existing.values() if row.status not in ENDED]
+            if open_rows:
+                row = open_rows[0]
                 raise SessionError(
-                    f"participant {participant_code!r} already has a session ({existing.status}); "
-                    "continue it with 'panostudy session resume'"
+                    f"participant {participant_code!r} has session {row.number} open ({row.status}); continue it "
+                    f"with 'panostudy session resume --participant {participant_code}'"
+                )
+            if number is None:
+                free = [spec.number for spec in db.protocol.sessions if spec.number not in existing]
+                if not free:
+                    raise SessionError(
+                        f"participant {participant_code!r} has done all {len(db.protocol.sessions)} session(s) of the "
+                        f"protocol; nothing more to run"
+                    )
+                number = free[0]
+            spec = db.protocol.session(number)
+            if number in existing:
+                raise SessionError(
+                    f"participant {participant_code!r} already has session {number} ({existing[number].status}); "
+                    "choose another --session"
                 )
             stimuli = session.scalars(
                 sa.select(Stimulus).where(Stimulus.study_id == db.study_id).order_by(Stimulus.id)
             ).all()
+            for key in db.protocol.view.start_yaw:
+                wanted = Path(key).parts
+                if not any(Path(s.path).parts[-len(wanted):] == wanted for s in stimuli):
+                    raise SessionError(
+                        f"protocol view.start_yaw.\"{key}\": no imported stimulus has a path ending in it; fix the "
+                        "key (e.g. \"street/0.png\") or import that stimulus"
+                    )
             tests = [StimulusRef(s.id, s.scene) for s in stimuli if not s.training]
-            training = [StimulusRef(s.id, s.scene) for s in stimuli if s.training]
+            training = [StimulusRef(s.id, s.scene) for s in stimuli if s.training] if spec.training else []
             if not tests:
                 raise SessionError("the study has no test stimuli; import some with 'panostudy study import-stimuli'")
-            plan = plan_session(db.protocol, tests, training, participant_code, participant.number)
-            row = StudySession(participant_id=participant.id, seed=db.protocol.seed, protocol_sha256=db.protocol.sha256)
+            # A stimulus imported since an earlier session was planned may land in that session's share:
+            # it is shown in this one instead, never twice and never left out.
+            shown_before = set(session.scalars(
+                sa.select(Trial.stimulus_id).join(StudySession).where(StudySession.participant_id == participant.id)))
+            share = assign_sessions(db.protocol, tests, participant_code)
+            mine = [ref for ref in share[number] if ref.id not in shown_before]
+            mine += [ref for n, refs in share.items() if n != number and n in existing for ref in refs
+                     if ref.id not in shown_before and ref.scene in spec.scenes]
+            if not mine:
+                raise SessionError(
+                    f"session {number} ({spec.name}) of participant {participant_code!r} has no test stimuli; import "
+                    f"stimuli of its scenes ({', '.join(spec.scenes)}) with 'panostudy study import-stimuli'"
+                )
+            plan = plan_session(db.protocol, mine, training, participant_code, participant.number, number)
+            row = StudySession(participant_id=participant.id, number=number, station=station, seed=db.protocol.seed,
+                               protocol_sha256=db.protocol.sha256)
             session.add(row)
             session.flush()
             session.execute(
@@ -160,54 +245,79 @@ class SessionEngine:
                     for t in plan
                 ],
             )
-            session.add(Event(session_id=row.id, kind="planned", detail={"trials": len(plan)}))
+            session.add(Event(session_id=row.id, kind="planned",
+                              detail={"trials": len(plan), "session_number": number, "station": station}))
             session_id = row.id
         return cls(db, session_id, participant_code)
 
     @classmethod
-    def load(cls, db: StudyDB, participant_code: str) -> SessionEngine:
-        """Opens the participant's session whatever its state.
+    def load(cls, db: StudyDB, participant_code: str, number: int | None = None) -> SessionEngine:
+        """Opens one of the participant's sessions whatever its state: session ``number``, or else the
+        open one, or else their latest.
 
         Raises
         ------
         SessionError
-            If the participant has no session yet.
+            If the participant has no session yet, or none numbered ``number``.
+        ProtocolError
+            If ``number`` is not one of the protocol's sessions.
         """
+        if number is not None:
+            db.protocol.session(number)
         with db.Session() as session:
             participant = get_participant(session, db, participant_code)
-            session_id = session.scalar(sa.select(StudySession.id).where(StudySession.participant_id == participant.id))
-        if session_id is None:
+            rows = session.execute(
+                sa.select(StudySession.id, StudySession.number, StudySession.status)
+                .where(StudySession.participant_id == participant.id).order_by(StudySession.number)
+            ).all()
+        if not rows:
             raise SessionError(
                 f"participant {participant_code!r} has no session yet; start one with 'panostudy session run'"
             )
-        return cls(db, session_id, participant_code)
+        if number is not None:
+            chosen = [r for r in rows if r.number == number]
+            if not chosen:
+                raise SessionError(
+                    f"participant {participant_code!r} has no session {number} yet (sessions: "
+                    f"{', '.join(str(r.number) for r in rows)}); start it with 'panostudy session run'"
+                )
+        else:
+            chosen = [r for r in rows if r.status not in ENDED] or rows[-1:]
+        return cls(db, chosen[0].id, participant_code)
 
     @classmethod
-    def resume(cls, db: StudyDB, participant_code: str) -> SessionEngine:
-        """Reopens a session at its first unfinished step, e.g. after a crash.
+    def resume(cls, db: StudyDB, participant_code: str, number: int | None = None, *,
+               station: str | None = None) -> SessionEngine:
+        """Reopens the participant's open session at its first unfinished step, e.g. after a crash or a stop.
 
-        Pose samples of a stimulus whose exposure was interrupted are discarded, because the stimulus is
-        shown again from the start.
+        Pose samples of a stimulus whose exposure ended but was not recorded (a crash between the two)
+        are discarded, because the stimulus is shown again from the start; samples of an exposure that was
+        interrupted (pause, stop) are kept, flagged as interrupted.
 
         Raises
         ------
         SessionError
-            If there is no session or it was withdrawn.
+            If there is no session, it is over (completed, withdrawn, declined).
         """
-        engine = cls.load(db, participant_code)
-        if engine.status == "withdrawn":
-            raise SessionError(f"participant {participant_code!r} withdrew from the session; nothing more can be recorded")
+        if station is not None:
+            check_station(station)
+        engine = cls.load(db, participant_code, number)
+        if engine.status in ENDED:
+            what = {"completed": "is complete", "withdrawn": "was withdrawn", "declined": "was declined"}[engine.status]
+            hint = ("start the next one with 'panostudy session run'" if engine.status == "completed"
+                    and engine.number < len(db.protocol.sessions) else "nothing more can be recorded")
+            raise SessionError(f"session {engine.number} of participant {participant_code!r} {what}; {hint}")
         step = engine.current()
         with db.Session.begin() as session:
             discarded = 0
             if step.kind == "stimulus":
                 trial_id = engine._trial_by_index[step.trial_index].id
                 discarded = session.execute(
-                    sa.delete(PoseSample).where(PoseSample.session_id == engine.session_id, PoseSample.trial_id == trial_id)
+                    sa.delete(PoseSample).where(PoseSample.session_id == engine.session_id, PoseSample.trial_id == trial_id,
+                                                PoseSample.interrupted.is_(False))
                 ).rowcount
-            session.add(
-                Event(session_id=engine.session_id, kind="resumed", detail={"at_step": step.key, "discarded_poses": discarded})
-            )
+            session.add(Event(session_id=engine.session_id, kind="resumed",
+                              detail={"at_step": step.key, "discarded_poses": discarded, "station": station}))
         return engine
 
     def _load_done(self) -> dict[str, _Done]:
@@ -227,44 +337,52 @@ class SessionEngine:
     def _steps(self):
         """Every step of the session in order; minute-rule breaks are decided from stored times."""
         protocol = self.protocol
+        if protocol.consent is not None:
+            yield Step("consent", "consent", text=protocol.consent, min_value=DECLINE, max_value=AGREE)
         yield Step("instructions", "instructions", text=protocol.instructions)
-        if protocol.ssq.before:
+        if protocol.ssq.before and self.spec.ssq:
             yield from self._fixed_ssq_steps["pre"]
         training = [t for t in self.trials if t.training]
         if training:
             yield Step("instructions", "training/instructions", text=protocol.training.instructions)
         for trial in training:
+            if trial.index in self._requested_breaks:
+                yield self._break_step(trial)
             yield from self._fixed_trial_steps[trial.index]
         tests = [t for t in self.trials if not t.training]
         for position, trial in enumerate(tests):
-            if trial.break_before or (position > 0 and self._minutes_break_due(tests, position)):
-                rule = protocol.breaks
-                yield Step(
-                    "break", f"break/{trial.index}", text=rule.text, trial_index=trial.index, min_duration_s=rule.min_duration_s
-                )
+            if (trial.break_before or trial.index in self._requested_breaks
+                    or (position > 0 and self._minutes_break_due(tests, position))):
+                yield self._break_step(trial)
             yield from self._fixed_trial_steps[trial.index]
-        if protocol.ssq.after:
+        if protocol.ssq.after and self.spec.ssq:
             yield from self._fixed_ssq_steps["post"]
-        yield Step("done", "done")
+        yield Step("done", "done", text=protocol.thank_you)
+
+    def _break_step(self, trial: PlannedTrialRow) -> Step:
+        rule = self.protocol.breaks
+        return Step("break", f"break/{trial.index}", text=rule.text, trial_index=trial.index,
+                    min_duration_s=rule.min_duration_s)
 
     def _ssq_steps(self, phase: str):
         ssq = self.protocol.ssq
         for number, symptom in enumerate(ssq.items, start=1):
             yield Step(
-                "ssq", f"ssq/{phase}/{number}", text=f"{ssq.question}\n{symptom}", labels=ssq.labels,
-                min_value=min(ssq.labels), max_value=max(ssq.labels),
+                "ssq", f"ssq/{phase}/{number}", text=f"{ssq.question}\n\n{symptom}", labels=ssq.labels,
+                min_value=min(ssq.labels), max_value=max(ssq.labels), item_number=number, item_count=len(ssq.items),
             )
 
     def _trial_steps(self, trial: PlannedTrialRow):
         common = dict(trial_index=trial.index, stimulus_path=trial.stimulus_path, scene=trial.scene, training=trial.training)
-        yield Step("stimulus", f"trial/{trial.index}/show", exposure_s=self.protocol.exposure_s, **common)
-        for scale_id in trial.scale_order:
-            scale = self.protocol.scale(scale_id)
-            for item in scale.items:
-                yield Step(
-                    "rating", f"trial/{trial.index}/{scale.id}/{item.id}", text=item.question, labels=item.labels,
-                    min_value=scale.min, max_value=scale.max, **common,
-                )
+        yield Step("stimulus", f"trial/{trial.index}/show", exposure_s=self.protocol.exposure_s,
+                   start_yaw_deg=self.protocol.view.yaw_for(trial.stimulus_path), **common)
+        items = [(scale, item) for scale_id in trial.scale_order
+                 for scale in (self.protocol.scale(scale_id),) for item in scale.items]
+        for number, (scale, item) in enumerate(items, start=1):
+            yield Step(
+                "rating", f"trial/{trial.index}/{scale.id}/{item.id}", text=item.question, labels=item.labels,
+                min_value=scale.min, max_value=scale.max, item_number=number, item_count=len(items), **common,
+            )
 
     def _minutes_break_due(self, tests: Sequence[PlannedTrialRow], position: int) -> bool:
         """Whether ``every_minutes`` passed between the last break (or the first test trial) and the end of
@@ -291,7 +409,9 @@ class SessionEngine:
         return ended.done_at - since >= timedelta(minutes=minutes)
 
     def current(self) -> Step:
-        """The first step not yet finished (``kind == "done"`` once the session is complete)."""
+        """The first step not yet finished (``kind == "done"`` once the session is complete or declined)."""
+        if self.status == "declined":
+            return Step("done", "done")
         # The sequence ends with "done", which is never stored, so the loop always stops at a step.
         for step in self._steps():
             if step.key not in self._done:
@@ -311,6 +431,10 @@ class SessionEngine:
             if f"trial/{t.index}/show" not in self._done and f"trial/{t.index}/show" != current.key
         ]
         return after[:n]
+
+    def sessions_in_protocol(self) -> int:
+        """How many sessions the protocol defines (this one is :attr:`number` of them)."""
+        return len(self.protocol.sessions)
 
     def last_activity(self) -> datetime | None:
         """The latest stored ``answered_at`` / ``done_at`` of the session, or None before the first step."""
@@ -337,7 +461,7 @@ class SessionEngine:
             If the session is over, ``key`` is not the current step, the value is missing or out of range,
             the times are naive or reversed, or a break was shorter than the protocol's minimum.
         """
-        if self.status in ("withdrawn", "completed"):
+        if self.status in ENDED:
             raise SessionError(f"session of {self.participant_code!r} is {self.status}; nothing more can be recorded")
         step = self.current()
         if key != step.key:
@@ -347,6 +471,8 @@ class SessionEngine:
         if answered_at < shown_at:
             raise SessionError(f"step '{key}': answered_at {answered_at.isoformat()} is before shown_at {shown_at.isoformat()}")
         self._check_value(step, value)
+        if step.kind == "consent" and value == DECLINE:
+            return self._decline(shown_at, answered_at)
         if step.kind == "break" and (answered_at - shown_at).total_seconds() < step.min_duration_s:
             raise SessionError(
                 f"step '{key}': the break lasted {(answered_at - shown_at).total_seconds():.1f} s, "
@@ -380,9 +506,37 @@ class SessionEngine:
         self.status = new_status
         return following
 
+    def _decline(self, shown_at: datetime, answered_at: datetime) -> Step:
+        """The participant did not consent: the session ends and keeps nothing but that fact and its time.
+
+        The planned trials and the events go; so do the participant's optional demographics unless another
+        session of theirs holds consented data.
+        """
+        with self.db.Session.begin() as session:
+            row = session.get(StudySession, self.session_id)
+            session.execute(sa.delete(Trial).where(Trial.session_id == self.session_id))
+            session.execute(sa.delete(Event).where(Event.session_id == self.session_id))
+            row.status, row.started_at, row.ended_at = "declined", shown_at, answered_at
+            session.add(Event(session_id=self.session_id, kind="consent_declined",
+                              detail={"shown_at": shown_at.isoformat(), "declined_at": answered_at.isoformat()}))
+            others = session.scalar(
+                sa.select(sa.func.count()).select_from(StudySession)
+                .where(StudySession.participant_id == row.participant_id, StudySession.id != row.id,
+                       StudySession.status != "declined"))
+            if not others:
+                session.execute(sa.update(Participant).where(Participant.id == row.participant_id)
+                                .values(age=None, gender=None, vision_correction=None))
+        self.status = "declined"
+        self.trials, self._trial_by_index, self._fixed_trial_steps = (), {}, {}
+        return self.current()
+
     def _check_value(self, step: Step, value: int | None) -> None:
         if step.kind == "done":
             raise SessionError(f"session of {self.participant_code!r} is complete; nothing more to answer")
+        if step.kind == "consent":
+            if value not in (AGREE, DECLINE) or isinstance(value, bool):
+                raise SessionError(f"step 'consent': value {value!r} is neither {AGREE} (agree) nor {DECLINE} (decline)")
+            return
         if step.kind in ("rating", "ssq"):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SessionError(f"step '{step.key}': value {value!r} is not an integer {step.min_value}..{step.max_value}")
@@ -420,32 +574,83 @@ class SessionEngine:
             )
         return StepDone, dict(times, key=step.key, done_at=answered_at)
 
-    def record_poses(self, trial_index: int, samples: Sequence[tuple[float, ...]]) -> None:
-        """Stores head orientation samples ``(t_s since shown, yaw_deg, pitch_deg, roll_deg)`` in one batch;
-        a fifth element, where given, is the tracker's own time stamp (integer ns, or None).
+    def record_poses(self, trial_index: int, samples: Sequence[PoseRecord | tuple[float, ...]], *,
+                     presentation: int = 0, interrupted: bool = False) -> None:
+        """Stores head pose samples of one showing of a trial's stimulus in one batch.
+
+        Parameters
+        ----------
+        samples : sequence
+            :class:`PoseRecord` objects, or ``(t_s since shown, yaw_deg, pitch_deg, roll_deg)`` tuples with
+            an optional fifth element, the runtime's own time stamp (integer ns, or None).
+        presentation : int
+            Which showing of the stimulus they belong to (0 first; see :meth:`next_presentation`).
+        interrupted : bool
+            The showing was interrupted (pause, stop) and the stimulus is shown again.
 
         Raises
         ------
         SessionError
-            If the trial does not exist, a sample is not four finite numbers, or its time stamp is not an
-            integer.
+            If the trial does not exist, a sample's numbers are not finite, or its runtime time stamp is not
+            an integer.
         """
         trial = self._trial_by_index.get(trial_index)
         if trial is None:
             raise SessionError(f"trial_index {trial_index} is not a trial of this session (0..{len(self.trials) - 1})")
         rows = []
         for sample in samples:
-            if len(sample) not in (4, 5) or not all(math.isfinite(v) for v in sample[:4]):
-                raise SessionError(f"pose sample {sample!r}: expected four finite numbers (t_s, yaw_deg, pitch_deg, roll_deg)")
-            stamp = sample[4] if len(sample) == 5 else None
+            if not isinstance(sample, PoseRecord):
+                if len(sample) not in (4, 5):
+                    raise SessionError(f"pose sample {sample!r}: expected four numbers (t_s, yaw_deg, pitch_deg, roll_deg)"
+                                       " and optionally the runtime time stamp")
+                t, yaw, pitch, roll, *stamp = sample
+                sample = PoseRecord(t, yaw, pitch, roll, runtime_time_ns=stamp[0] if stamp else None)
+            values = [sample.t, sample.yaw_deg, sample.pitch_deg, sample.roll_deg]
+            values += [v for v in (sample.fov_h_deg, sample.fov_v_deg, *(sample.position or ())) if v is not None]
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                raise SessionError(f"pose sample {sample!r}: every number must be finite")
+            stamp = sample.runtime_time_ns
             if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, numbers.Integral)):
                 raise SessionError(f"pose sample {sample!r}: the runtime time stamp must be an integer (ns) or None")
-            t, yaw, pitch, roll = sample[:4]
-            rows.append(dict(session_id=self.session_id, trial_id=trial.id, t=t, yaw_deg=yaw, pitch_deg=pitch, roll_deg=roll,
-                             runtime_time_ns=None if stamp is None else int(stamp)))
+            x, y, z = sample.position if sample.position is not None else (None, None, None)
+            rows.append(dict(session_id=self.session_id, trial_id=trial.id, t=sample.t, yaw_deg=sample.yaw_deg,
+                             pitch_deg=sample.pitch_deg, roll_deg=sample.roll_deg, presentation=presentation,
+                             interrupted=interrupted, fov_h_deg=sample.fov_h_deg, fov_v_deg=sample.fov_v_deg,
+                             x_m=x, y_m=y, z_m=z, runtime_time_ns=None if stamp is None else int(stamp)))
         if rows:
             with self.db.Session.begin() as session:
                 session.execute(sa.insert(PoseSample), rows)
+
+    def next_presentation(self, trial_index: int) -> int:
+        """The number of the next showing of a trial's stimulus: how many showings were interrupted before."""
+        trial = self._trial_by_index[trial_index]
+        with self.db.Session() as session:
+            last = session.scalar(sa.select(sa.func.max(PoseSample.presentation)).where(
+                PoseSample.trial_id == trial.id, PoseSample.interrupted.is_(True)))
+            interrupted = session.scalars(sa.select(Event.detail).where(
+                Event.session_id == self.session_id, Event.kind == "trial_flag")).all()
+        flagged = [d.get("presentation", 0) for d in interrupted
+                   if d.get("flag") == "stimulus_interrupted" and d.get("trial_index") == trial_index]
+        return max([-1 if last is None else last, *flagged]) + 1
+
+    def flag_trial(self, trial_index: int, flag: str, detail: str, **extra: object) -> None:
+        """Records a flag on a trial (``pose_rate_low``, ``stimulus_interrupted``) as a ``trial_flag`` event;
+        :func:`study.export.load_flagged_trials` lists them."""
+        self.record_event("trial_flag", {"trial_index": trial_index, "flag": flag, "detail": detail, **extra})
+
+    def request_break(self) -> int | None:
+        """The experimenter asks for a break: it comes before the current trial if its stimulus is the
+        current step, else before the next trial not yet begun. Returns that trial's index, or None when
+        no trial is left (nothing is recorded then).
+        """
+        step = self.current()
+        candidates = [t for t in self.trials if f"trial/{t.index}/show" not in self._done]
+        if step.kind == "break" or not candidates:
+            return None
+        before = candidates[0].index
+        self.record_event("break_requested", {"before_trial": before, "at_step": step.key})
+        self._requested_breaks.add(before)
+        return before
 
     def record_event(self, kind: str, detail: Mapping[str, object]) -> None:
         """Stores a JSON-serialisable event (frame-timing statistics of a trial, a backend change, ...)."""
@@ -460,7 +665,7 @@ class SessionEngine:
         SessionError
             If the session is already completed or withdrawn.
         """
-        if self.status in ("withdrawn", "completed"):
+        if self.status in ENDED:
             raise SessionError(f"session of {self.participant_code!r} is already {self.status}; it cannot be withdrawn")
         now = utc_now()
         with self.db.Session.begin() as session:
@@ -469,3 +674,17 @@ class SessionEngine:
             session.add(Event(session_id=self.session_id, kind="withdrawn", detail={"reason": reason, "at_step": self.current().key}))
         self.status = "withdrawn"
 
+
+
+def _refuse_if_over(participant_code: str, rows) -> None:
+    """A participant who withdrew or declined takes part no more."""
+    for row in rows:
+        if row.status == "withdrawn":
+            raise SessionError(
+                f"participant {participant_code!r} withdrew in session {row.number}; nothing more can be recorded"
+            )
+        if row.status == "declined":
+            raise SessionError(
+                f"participant {participant_code!r} declined consent in session {row.number}; enrol them under a new "
+                "code if they change their mind"
+            )

@@ -1,7 +1,9 @@
 """Study data in long format, as the analysis reads it, and the export package that R, Python and SPSS users load.
 
-One row per answer, SSQ item or pose sample; one row per participant, session and stimulus. Training answers
-are included with ``training=True``; the analysis excludes them. Times are tz-aware UTC pandas datetimes.
+One row per answer, SSQ item, pose sample or flagged trial; one row per participant, session and stimulus.
+Training answers are included with ``training=True``; the analysis excludes them. Every row names its session
+both by database id (``session``) and by the participant's session number with the station it ran on
+(``session_number``, ``station``). Times are tz-aware UTC pandas datetimes.
 Answers of withdrawn sessions are kept (withdrawing stops a session, it does not retract consent to use what
 was recorded); ``panostudy study delete-participant`` removes a participant.
 
@@ -37,6 +39,8 @@ ANSWER_COLUMNS = {
     "protocol_hash": "string",
     "participant": "string",
     "session": "int64",
+    "session_number": "int64",
+    "station": "string",
     "trial_index": "int64",
     "training": "bool",
     "stimulus": "string",
@@ -52,11 +56,13 @@ ANSWER_COLUMNS = {
     "answered_at": "datetime64[ns, UTC]",
     "answer_source": "string",
 }
-SSQ_COLUMNS = {"participant": "string", "session": "int64", "phase": "string", "item": "int64", "item_name": "string",
-               "value": "int64"}
+SSQ_COLUMNS = {"participant": "string", "session": "int64", "session_number": "int64", "station": "string",
+               "phase": "string", "item": "int64", "item_name": "string", "value": "int64"}
 POSE_COLUMNS = {
     "participant": "string",
     "session": "int64",
+    "session_number": "int64",
+    "station": "string",
     "trial_index": "int64",
     "stimulus": "string",
     "scene": "string",
@@ -64,14 +70,29 @@ POSE_COLUMNS = {
     "yaw_deg": "float64",
     "pitch_deg": "float64",
     "roll_deg": "float64",
+    "presentation": "int64",
+    "interrupted": "bool",
+    "fov_h_deg": "float64",
+    "fov_v_deg": "float64",
+    "x_m": "float64",
+    "y_m": "float64",
+    "z_m": "float64",
     "runtime_time_ns": "Int64",   # the tracker's own time stamp (OpenXR XrTime), empty where there is none
+}
+FLAG_COLUMNS = {
+    "participant": "string",
+    "session_number": "int64",
+    "station": "string",
+    "trial_index": "int64",
+    "flag": "string",
+    "detail": "string",
 }
 PARTICIPANT_COLUMNS = {
     "participant": "string", "number": "int64", "age": "Int64", "gender": "string", "vision_correction": "string",
     "enrolled_at": "datetime64[ns, UTC]",
 }
 SESSION_COLUMNS = {
-    "participant": "string", "session": "int64", "status": "string", "planned_at": "datetime64[ns, UTC]",
+    "participant": "string", "session": "int64", "session_number": "int64", "station": "string", "status": "string", "planned_at": "datetime64[ns, UTC]",
     "started_at": "datetime64[ns, UTC]", "ended_at": "datetime64[ns, UTC]", "duration_min": "float64",
     "withdraw_reason": "string", "withdrawn_at_step": "string", "resumes": "int64", "answer_source": "string",
     "backend": "string", "frame_mean_ms": "float64", "frame_p99_ms": "float64",
@@ -83,7 +104,7 @@ STIMULUS_COLUMNS = {
 }
 #: The tables of an export, by file stem, with their columns.
 TABLES = {"answers": ANSWER_COLUMNS, "participants": PARTICIPANT_COLUMNS, "sessions": SESSION_COLUMNS,
-          "stimuli": STIMULUS_COLUMNS, "ssq": SSQ_COLUMNS, "poses": POSE_COLUMNS}
+          "stimuli": STIMULUS_COLUMNS, "ssq": SSQ_COLUMNS, "poses": POSE_COLUMNS, "flagged_trials": FLAG_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -100,10 +121,14 @@ class Field:
 
 _UTC = "UTC, ISO 8601 (e.g. 2026-11-02T09:00:00.000000Z)"
 _PARTICIPANT = Field("string", "pseudonymous participant code (the key to persons is kept outside panostudy)")
-_SESSION = Field("integer", "session id (one per participant's run through the protocol)")
+_SESSION = Field("integer", "session id, unique in the study (one per session of a participant)")
+_SESSION_NUMBER = Field("integer", "which of the participant's sessions, from 1 (the protocol's [[sessions]] in order)",
+                        minimum=1)
+_STATION = Field("string", "the station (machine) the session started on: --station, by default its host name "
+                           "(empty: recorded before schema version 2)")
 _STIMULUS = Field("string", "stimulus file, relative to the export's stimulus root (datapackage.json "
                             "'panostudy:stimulus_root')")
-_TRIAL = Field("integer", "position of the trial in the participant's planned order, from 0 (training first)", minimum=0)
+_TRIAL = Field("integer", "position of the trial in the session's planned order, from 0 (training first)", minimum=0)
 #: table -> column -> :class:`Field`. Add an entry here with every new exported column.
 CODEBOOK: dict[str, dict[str, Field]] = {
     "answers": {
@@ -111,6 +136,8 @@ CODEBOOK: dict[str, dict[str, Field]] = {
         "protocol_hash": Field("string", "SHA-256 of the protocol TOML the session ran"),
         "participant": _PARTICIPANT,
         "session": _SESSION,
+        "session_number": _SESSION_NUMBER,
+        "station": _STATION,
         "trial_index": _TRIAL,
         "training": Field("boolean", "training trial (never analysed)"),
         "stimulus": _STIMULUS,
@@ -138,7 +165,10 @@ CODEBOOK: dict[str, dict[str, Field]] = {
     "sessions": {
         "participant": _PARTICIPANT,
         "session": _SESSION,
-        "status": Field("string", "state of the session", allowed=("planned", "running", "completed", "withdrawn")),
+        "session_number": _SESSION_NUMBER,
+        "station": _STATION,
+        "status": Field("string", "state of the session (declined: consent declined, nothing else recorded)",
+                        allowed=("planned", "running", "completed", "withdrawn", "declined")),
         "planned_at": Field("datetime", "when the trial order was planned and stored", _UTC),
         "started_at": Field("datetime", "first step shown (empty: not started)", _UTC),
         "ended_at": Field("datetime", "completed or withdrawn (empty: still open)", _UTC),
@@ -168,6 +198,8 @@ CODEBOOK: dict[str, dict[str, Field]] = {
     "ssq": {
         "participant": _PARTICIPANT,
         "session": _SESSION,
+        "session_number": _SESSION_NUMBER,
+        "station": _STATION,
         "phase": Field("string", "before or after the trials", allowed=("pre", "post")),
         "item": Field("integer", "item number in Kennedy et al. (1993) order", minimum=1, maximum=16),
         "item_name": Field("string", "the symptom as the protocol words it"),
@@ -176,6 +208,8 @@ CODEBOOK: dict[str, dict[str, Field]] = {
     "poses": {
         "participant": _PARTICIPANT,
         "session": _SESSION,
+        "session_number": _SESSION_NUMBER,
+        "station": _STATION,
         "trial_index": _TRIAL,
         "stimulus": _STIMULUS,
         "scene": Field("string", "scene of the stimulus"),
@@ -183,8 +217,29 @@ CODEBOOK: dict[str, dict[str, Field]] = {
         "yaw_deg": Field("number", "head yaw; 0 = image centre, positive = right", "degree", minimum=-180, maximum=180),
         "pitch_deg": Field("number", "head pitch; positive = up", "degree", minimum=-90, maximum=90),
         "roll_deg": Field("number", "head roll", "degree"),
+        "presentation": Field("integer", "which showing of the trial's stimulus, from 0; a pause or stop interrupts a "
+                                         "showing and the stimulus is shown again from its start", minimum=0),
+        "interrupted": Field("boolean", "sample of an interrupted showing (kept, but not the trial's complete "
+                                        "exposure; the analysis leaves these rows out)"),
+        "fov_h_deg": Field("number", "horizontal field of view shown (desktop window; empty in a headset)", "degree",
+                           minimum=0, maximum=180),
+        "fov_v_deg": Field("number", "vertical field of view shown (desktop window; empty in a headset)", "degree",
+                           minimum=0, maximum=180),
+        "x_m": Field("number", "head position in the tracking space, x (empty where no tracker reports one)", "m"),
+        "y_m": Field("number", "head position in the tracking space, y (up)", "m"),
+        "z_m": Field("number", "head position in the tracking space, z", "m"),
         "runtime_time_ns": Field("integer", "the tracker's own time stamp of the pose (OpenXR XrTime); empty where "
                                             "the backend has no runtime clock", "ns"),
+    },
+    "flagged_trials": {
+        "participant": _PARTICIPANT,
+        "session_number": _SESSION_NUMBER,
+        "station": _STATION,
+        "trial_index": _TRIAL,
+        "flag": Field("string", "what happened: head poses stored below 95 % of the protocol's pose_rate_hz, or the "
+                                "stimulus was interrupted (and shown again)",
+                      allowed=("pose_rate_low", "stimulus_interrupted")),
+        "detail": Field("string", "the same in words, with the figures (achieved rate, samples, when it was interrupted)"),
     },
 }
 TABLE_DESCRIPTIONS = {
@@ -194,10 +249,11 @@ TABLE_DESCRIPTIONS = {
     "stimuli": "one row per imported panorama, with its hash and generator provenance",
     "ssq": "one row per Simulator Sickness Questionnaire item answered",
     "poses": "one row per head-orientation sample while a stimulus was shown",
+    "flagged_trials": "one row per flag the session set on a trial (pose rate too low, stimulus interrupted)",
 }
 EXPORT_MARKER = "datapackage.json"
 #: Tables that fit a spreadsheet or an SPSS file; poses may have millions of rows and stay CSV/Parquet only.
-SMALL_TABLES = ("answers", "participants", "sessions", "stimuli", "ssq")
+SMALL_TABLES = ("answers", "participants", "sessions", "stimuli", "ssq", "flagged_trials")
 
 
 def _typed(rows: list, columns: dict[str, str]) -> pd.DataFrame:
@@ -257,8 +313,8 @@ def load_answers(db_url: str | Path | StudyDB, *, stimulus_root: str | Path | No
     with _opened(db_url) as db:
         query = (
             sa.select(
-                Study.name, StudySession.protocol_sha256, Participant.code, StudySession.id, Trial.index, Trial.training,
-                Stimulus.path, Stimulus.sha256, Stimulus.scene, Answer.scale, Answer.item, Answer.value,
+                Study.name, StudySession.protocol_sha256, Participant.code, StudySession.id, StudySession.number,
+                StudySession.station, Trial.index, Trial.training, Stimulus.path, Stimulus.sha256, Stimulus.scene, Answer.scale, Answer.item, Answer.value,
                 Answer.response_time_s, Answer.shown_at, Answer.answered_at,
             )
             .select_from(Answer)
@@ -273,11 +329,12 @@ def load_answers(db_url: str | Path | StudyDB, *, stimulus_root: str | Path | No
             raw = session.execute(query).all()
             sources = _answer_sources(session, db.study_id)
         rows = []
-        for (study, sha, code, session_id, index, training, path, stim_sha, scene, scale, item, value, rt, shown, answered) in raw:
+        for (study, sha, code, session_id, number, station, index, training, path, stim_sha, scene, scale, item, value,
+             rt, shown, answered) in raw:
             limits = db.protocol.scale(scale)
             rows.append(
-                (study, sha, code, session_id, index, training, _relative(path, root), stim_sha, scene, scale, item, value,
-                 limits.min, limits.max, rt, shown, answered, sources.get(session_id, "participant"))
+                (study, sha, code, session_id, number, station, index, training, _relative(path, root), stim_sha, scene,
+                 scale, item, value, limits.min, limits.max, rt, shown, answered, sources.get(session_id, "participant"))
             )
         return _typed(rows, ANSWER_COLUMNS)
 
@@ -287,40 +344,79 @@ def load_ssq(db_url: str | Path | StudyDB) -> pd.DataFrame:
     protocol words it)."""
     with _opened(db_url) as db:
         query = (
-            sa.select(Participant.code, StudySession.id, SsqAnswer.phase, SsqAnswer.item, SsqAnswer.value)
+            sa.select(Participant.code, StudySession.id, StudySession.number, StudySession.station, SsqAnswer.phase,
+                      SsqAnswer.item, SsqAnswer.value)
             .select_from(SsqAnswer)
             .join(StudySession, SsqAnswer.session_id == StudySession.id)
             .join(Participant, StudySession.participant_id == Participant.id)
-            .order_by(Participant.number, SsqAnswer.phase.desc(), SsqAnswer.item)
+            .order_by(Participant.number, StudySession.number, SsqAnswer.phase.desc(), SsqAnswer.item)
         )
         names = db.protocol.ssq.items
         with db.Session() as session:
-            rows = [(code, sid, phase, item, names[item - 1] if 0 < item <= len(names) else None, value)
-                    for code, sid, phase, item, value in session.execute(query).all()]
+            rows = [(code, sid, number, station, phase, item, names[item - 1] if 0 < item <= len(names) else None, value)
+                    for code, sid, number, station, phase, item, value in session.execute(query).all()]
         return _typed(rows, SSQ_COLUMNS)
 
 
-def load_poses(db_url: str | Path | StudyDB, *, stimulus_root: str | Path | None = None) -> pd.DataFrame:
-    """Every head pose sample (columns :data:`POSE_COLUMNS`; ``t`` in seconds since the stimulus was shown)."""
+def load_poses(db_url: str | Path | StudyDB, *, stimulus_root: str | Path | None = None,
+               interrupted: bool = False) -> pd.DataFrame:
+    """Every head pose sample (columns :data:`POSE_COLUMNS`; ``t`` in seconds since the stimulus was shown).
+
+    Parameters
+    ----------
+    stimulus_root : path, optional
+        Stimulus paths relative to this folder (default: as stored, absolute).
+    interrupted : bool
+        Also return the samples of showings that a pause or a stop interrupted (``interrupted`` True; the
+        stimulus was shown again from its start, and that showing's samples are the other rows). Off by
+        default: viewing statistics want each trial's one complete showing. Exports include them.
+    """
     root = None if stimulus_root is None else Path(stimulus_root)
     with _opened(db_url) as db:
         query = (
             sa.select(
-                Participant.code, StudySession.id, Trial.index, Stimulus.path, Stimulus.scene,
-                PoseSample.t, PoseSample.yaw_deg, PoseSample.pitch_deg, PoseSample.roll_deg, PoseSample.runtime_time_ns,
+                Participant.code, StudySession.id, StudySession.number, StudySession.station, Trial.index, Stimulus.path,
+                Stimulus.scene, PoseSample.t, PoseSample.yaw_deg, PoseSample.pitch_deg, PoseSample.roll_deg,
+                PoseSample.presentation, PoseSample.interrupted, PoseSample.fov_h_deg, PoseSample.fov_v_deg,
+                PoseSample.x_m, PoseSample.y_m, PoseSample.z_m, PoseSample.runtime_time_ns,
             )
             .select_from(PoseSample)
             .join(Trial, PoseSample.trial_id == Trial.id)
             .join(Stimulus, Trial.stimulus_id == Stimulus.id)
             .join(StudySession, PoseSample.session_id == StudySession.id)
             .join(Participant, StudySession.participant_id == Participant.id)
-            .order_by(Participant.number, Trial.index, PoseSample.t, PoseSample.id)
+            .order_by(Participant.number, StudySession.number, Trial.index, PoseSample.presentation, PoseSample.t,
+                      PoseSample.id)
         )
+        if not interrupted:
+            query = query.where(PoseSample.interrupted.is_(False))
         with db.Session() as session:
             rows = session.execute(query).all()
         if root is not None:
-            rows = [(r[0], r[1], r[2], _relative(r[3], root), *r[4:]) for r in rows]
+            rows = [(*r[:5], _relative(r[5], root), *r[6:]) for r in rows]
         return _typed(rows, POSE_COLUMNS)
+
+
+def load_flagged_trials(db_url: str | Path | StudyDB) -> pd.DataFrame:
+    """Every flagged trial, one row per flag (columns :data:`FLAG_COLUMNS`), in recording order.
+
+    Flags are ``trial_flag`` events the session wrote: ``pose_rate_low`` (head poses stored below 95 % of
+    the protocol's ``pose_rate_hz``) and ``stimulus_interrupted`` (a pause or a stop interrupted the
+    stimulus, which was shown again from its start). ``detail`` says what happened in words.
+    """
+    with _opened(db_url) as db:
+        query = (
+            sa.select(Participant.code, StudySession.number, StudySession.station, Event.detail)
+            .select_from(Event)
+            .join(StudySession, Event.session_id == StudySession.id)
+            .join(Participant, StudySession.participant_id == Participant.id)
+            .where(Event.kind == "trial_flag", Participant.study_id == db.study_id)
+            .order_by(Participant.number, StudySession.number, Event.at, Event.id)
+        )
+        with db.Session() as session:
+            rows = [(code, number, station, d["trial_index"], d["flag"], d.get("detail", ""))
+                    for code, number, station, d in session.execute(query).all()]
+        return _typed(rows, FLAG_COLUMNS)
 
 
 def load_participants(db_url: str | Path | StudyDB) -> pd.DataFrame:
@@ -338,10 +434,11 @@ def load_sessions(db_url: str | Path | StudyDB) -> pd.DataFrame:
     """Every session (columns :data:`SESSION_COLUMNS`), with who answered and the viewer's frame timing."""
     with _opened(db_url) as db, db.Session() as session:
         sessions = session.execute(
-            sa.select(Participant.code, StudySession.id, StudySession.status, StudySession.planned_at,
-                      StudySession.started_at, StudySession.ended_at, StudySession.withdraw_reason)
+            sa.select(Participant.code, StudySession.id, StudySession.number, StudySession.station, StudySession.status,
+                      StudySession.planned_at, StudySession.started_at, StudySession.ended_at,
+                      StudySession.withdraw_reason)
             .join(Participant, StudySession.participant_id == Participant.id)
-            .where(Participant.study_id == db.study_id).order_by(Participant.number, StudySession.id)
+            .where(Participant.study_id == db.study_id).order_by(Participant.number, StudySession.number)
         ).all()
         events = session.execute(
             sa.select(Event.session_id, Event.kind, Event.detail)
@@ -364,10 +461,10 @@ def load_sessions(db_url: str | Path | StudyDB) -> pd.DataFrame:
                 info["means"].append(float(detail["mean_ms"]))
                 info["p99"].append(float(detail["p99_ms"]))
     rows = []
-    for code, session_id, status, planned, started, ended, reason in sessions:
+    for code, session_id, number, station, status, planned, started, ended, reason in sessions:
         info = per_session.get(session_id, {"resumes": 0, "means": [], "p99": [], "backend": None})
         duration = (ended - started).total_seconds() / 60.0 if started and ended else None
-        rows.append((code, session_id, status, planned, started, ended, duration, reason, info.get("at_step"),
+        rows.append((code, session_id, number, station, status, planned, started, ended, duration, reason, info.get("at_step"),
                      info["resumes"], sources.get(session_id, "participant"), info["backend"],
                      sum(info["means"]) / len(info["means"]) if info["means"] else None,
                      max(info["p99"]) if info["p99"] else None))
@@ -556,7 +653,7 @@ def datapackage_descriptor(tables: Mapping[str, pd.DataFrame], files: Mapping[st
         "profile": "tabular-data-package",
         "name": _package_name(protocol.name),
         "title": f"panostudy export of study {protocol.name} ({protocol.version})",
-        "description": "Ratings, participants, sessions, stimuli, SSQ and head poses; see codebook.md.",
+        "description": "Ratings, participants, sessions, stimuli, SSQ, flagged trials and head poses; see codebook.md.",
         "panostudy:protocol_sha256": protocol.sha256,
         "panostudy:stimulus_root": stimulus_root,
         "resources": resources,
@@ -604,7 +701,7 @@ def _spss_files(tables: Mapping[str, pd.DataFrame], protocol: Protocol, folder: 
     answers = tables["answers"]
     test = answers[~answers["training"]]
     if len(test):
-        key = ["participant", "session", "trial_index", "stimulus", "scene"]
+        key = ["participant", "session", "session_number", "trial_index", "stimulus", "scene"]
         variable = test["scale"].astype(str) + "_" + test["item"].astype(str)
         wide = test.assign(variable=variable).pivot_table(index=key, columns="variable", values="value",
                                                           aggfunc="first", observed=True).reset_index()
@@ -680,9 +777,11 @@ def export_study(db_url: str | Path | StudyDB, out_dir: str | Path, *, parquet: 
             "sessions": load_sessions(db),
             "stimuli": load_stimuli(db, stimulus_root=root),
             "ssq": load_ssq(db),
+            "flagged_trials": load_flagged_trials(db),
         }
         if poses:
-            tables["poses"] = load_poses(db, stimulus_root=root)
+            # the interrupted showings too, marked: an export loses nothing
+            tables["poses"] = load_poses(db, stimulus_root=root, interrupted=True)
         protocol = db.protocol
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

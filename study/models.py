@@ -15,7 +15,10 @@ from typing import Annotated, Any, Optional
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-#: Version of this schema; :func:`study.store.open_study` refuses a database of a newer one.
+#: Version of this schema; :func:`study.store.open_study` refuses a database of another one, and
+#: :func:`study.store.migrate_study` brings a version-1 database to it.
+#: Version 2: several numbered sessions per participant with the station they ran on, the ``declined``
+#: status, and pose samples with presentation, interruption flag, field of view, position and runtime time.
 SCHEMA_VERSION = 2
 
 
@@ -138,18 +141,27 @@ class Participant(Base):
         return f"Participant(id={self.id}, code={self.code!r}, number={self.number})"
 
 
+#: The states of a session: planned (its trials are stored), running, and the three ends.
+SESSION_STATUSES = ("planned", "running", "completed", "withdrawn", "declined")
+
+
 class StudySession(Base):
-    """One participant's run through the protocol (named so that it does not shadow ``orm.Session``)."""
+    """One of a participant's sessions of the protocol (named so that it does not shadow ``orm.Session``).
+
+    ``number`` counts a participant's sessions from 1 as the protocol's ``[[sessions]]`` list them;
+    ``station`` names the machine the session started on (later runs on other stations are events).
+    """
 
     __tablename__ = "session"
     __table_args__ = (
-        sa.CheckConstraint("status IN ('planned', 'running', 'completed', 'withdrawn')", name="session_status"),
+        sa.UniqueConstraint("participant_id", "number", name="session_participant_number"),
+        sa.CheckConstraint(f"status IN {SESSION_STATUSES}", name="session_status"),
     )
 
     id: so.Mapped[IntPK]
-    participant_id: so.Mapped[int] = so.mapped_column(
-        sa.ForeignKey("participant.id", ondelete="CASCADE"), unique=True
-    )
+    participant_id: so.Mapped[int] = _fk("participant.id")
+    number: so.Mapped[int] = so.mapped_column(default=1)
+    station: so.Mapped[Optional[str]] = so.mapped_column(sa.String(64))
     status: so.Mapped[str] = so.mapped_column(sa.String(16), default="planned")
     seed: so.Mapped[int]
     protocol_sha256: so.Mapped[str] = so.mapped_column(sa.String(64))
@@ -164,7 +176,8 @@ class StudySession(Base):
     )
 
     def __repr__(self) -> str:
-        return f"StudySession(id={self.id}, participant_id={self.participant_id}, status={self.status!r})"
+        return (f"StudySession(id={self.id}, participant_id={self.participant_id}, number={self.number}, "
+                f"status={self.status!r})")
 
 
 class Trial(Base):
@@ -251,7 +264,12 @@ class StepDone(Base):
 
 
 class PoseSample(Base):
-    """One head orientation sample while a stimulus was shown; inserted in batches through Core."""
+    """One head orientation sample while a stimulus was shown; inserted in batches through Core.
+
+    A stimulus interrupted by a pause (or a stop) is shown again from its start; the samples of the
+    interrupted showing are kept with ``interrupted`` set, and every showing of a trial has its own
+    ``presentation`` number (0 first).
+    """
 
     __tablename__ = "pose_sample"
     __table_args__ = (sa.Index("ix_pose_sample_session_trial", "session_id", "trial_id"),)
@@ -259,11 +277,20 @@ class PoseSample(Base):
     id: so.Mapped[IntPK]
     session_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("session.id", ondelete="CASCADE"))
     trial_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("trial.id", ondelete="CASCADE"))
-    t: so.Mapped[float]  # seconds since the stimulus was shown
+    t: so.Mapped[float]  # seconds since the stimulus was shown, on the sampling grid of pose_rate_hz
     yaw_deg: so.Mapped[float]
     pitch_deg: so.Mapped[float]
     roll_deg: so.Mapped[float]
-    # the tracker's own time stamp of the pose (an OpenXR XrTime, ns) where the runtime gives one
+    presentation: so.Mapped[int] = so.mapped_column(default=0)
+    interrupted: so.Mapped[bool] = so.mapped_column(default=False)
+    # The field of view shown, where the application sets it (desktop window); None in a headset.
+    fov_h_deg: so.Mapped[Optional[float]]
+    fov_v_deg: so.Mapped[Optional[float]]
+    # Head position in the tracking space (metres), where a tracker reports one.
+    x_m: so.Mapped[Optional[float]]
+    y_m: so.Mapped[Optional[float]]
+    z_m: so.Mapped[Optional[float]]
+    # The runtime's own time stamp of the pose (OpenXR XrTime, ns), where there is a runtime.
     runtime_time_ns: so.Mapped[Optional[int]] = so.mapped_column(sa.BigInteger)
 
     def __repr__(self) -> str:

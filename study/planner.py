@@ -6,11 +6,17 @@ before the first trial, which also keeps a session's order fixed should a later 
 
 Design (ITU-R BT.500 / ITU-T P.910 practice, see ``study-standards.md`` §1.5):
 
+* a protocol may split the study over several sessions (days): each test stimulus is shown in exactly
+  one of a participant's sessions, among those that list its scene, drawn from (seed, participant);
+* each session's plan comes from (seed, participant, session number), so it is the same whenever the
+  session is planned;
 * training trials first, flagged so that analysis leaves them out;
 * test trials in a different random order per participant, never the same scene twice in a row;
 * a count-based break before every ``breaks.every_trials``-th test trial (time-based breaks are the
   engine's job, since only it knows the clock);
-* the order of the rating scales counterbalanced across participants with a balanced Latin square.
+* the order of the rating scales counterbalanced with a balanced Latin square: participant ``p`` takes
+  row ``p + s - 1`` in session ``s``, so each session on its own, and the study as a whole, use every row
+  equally often over a multiple of the square's participants.
 """
 
 from __future__ import annotations
@@ -89,6 +95,40 @@ def participant_rng(study_seed: int, participant_code: str) -> np.random.Generat
         raise PanostudyError(f"study seed: {study_seed} is negative; use an integer >= 0")
     digest = hashlib.sha256(f"{study_seed}\x1f{participant_code}".encode("utf-8")).digest()
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int.from_bytes(digest, "big"))))
+
+
+def session_rng(study_seed: int, participant_code: str, session_number: int) -> np.random.Generator:
+    """Random generator of one session of a participant: :func:`participant_rng` of the code and the number."""
+    if session_number < 1:
+        raise PanostudyError(f"session number {session_number}: sessions are numbered from 1")
+    return participant_rng(study_seed, f"{participant_code}\x1fsession {session_number}")
+
+
+def assign_sessions(protocol: Protocol, stimuli: Sequence[StimulusRef], participant_code: str) -> dict[int, list[StimulusRef]]:
+    """Which of a participant's sessions shows each test stimulus.
+
+    Returns
+    -------
+    dict
+        Session number → its test stimuli (in id order). A scene listed by ``k`` sessions has its stimuli
+        dealt to them in a seeded random order, round-robin from a seeded random session, so each of them
+        gets ``n // k`` or ``n // k + 1`` of the scene's ``n`` stimuli.
+
+    Notes
+    -----
+    Depends on (seed, participant code, the stimuli) only, so every session of the participant finds
+    the same split whenever it is planned.
+    """
+    rng = participant_rng(protocol.seed, f"{participant_code}\x1fsessions")
+    assigned: dict[int, list[StimulusRef]] = {spec.number: [] for spec in protocol.sessions}
+    for scene in protocol.scenes:
+        holders = [spec.number for spec in protocol.sessions if scene in spec.scenes]
+        of_scene = sorted((ref for ref in stimuli if ref.scene == scene), key=lambda ref: ref.id)
+        order = rng.permutation(len(of_scene))
+        start = int(rng.integers(len(holders)))
+        for position, index in enumerate(order):
+            assigned[holders[(start + position) % len(holders)]].append(of_scene[index])
+    return {number: sorted(refs, key=lambda ref: ref.id) for number, refs in assigned.items()}
 
 
 def balanced_latin_square(n: int) -> list[list[int]]:
@@ -213,21 +253,25 @@ def _sequential_no_repeat(items: list[T], keys: list[Hashable], rng: np.random.G
 
 
 def plan_session(protocol: Protocol, stimuli: Sequence[StimulusRef], training_stimuli: Sequence[StimulusRef],
-                 participant_code: str, participant_number: int) -> tuple[PlannedTrial, ...]:
-    """Plan one participant's session.
+                 participant_code: str, participant_number: int, session_number: int = 1) -> tuple[PlannedTrial, ...]:
+    """Plan one session of a participant.
 
     Parameters
     ----------
     protocol : Protocol
         The study protocol (seed, scenes, scales, break rule).
     stimuli : sequence of StimulusRef
-        Test stimuli; each is shown once.
+        This session's test stimuli (see :func:`assign_sessions`); each is shown once.
     training_stimuli : sequence of StimulusRef
-        Training stimuli, shown first in the given order (the lab arranges them to span the quality range).
+        Training stimuli, shown first in the given order (the lab arranges them to span the quality range);
+        empty for a session without training.
     participant_code : str
-        Pseudonymous code; with the protocol seed it seeds the participant's random order.
+        Pseudonymous code; with the protocol seed and the session number it seeds the random order.
     participant_number : int
-        0-based enrolment order; picks the row of the balanced Latin square for the scale order.
+        0-based enrolment order; with the session number it picks the row of the balanced Latin square
+        for the scale order.
+    session_number : int
+        1-based number of the session among the participant's sessions.
 
     Returns
     -------
@@ -255,9 +299,9 @@ def plan_session(protocol: Protocol, stimuli: Sequence[StimulusRef], training_st
             raise ProtocolError(f"stimulus id {ref.id}: scene '{ref.scene}' is not in protocol "
                                 f"'{protocol.name}'; use one of {', '.join(protocol.scenes)}")
 
-    rng = participant_rng(protocol.seed, participant_code)
+    rng = session_rng(protocol.seed, participant_code, session_number)
     square = balanced_latin_square(len(protocol.scales))
-    row = square[participant_number % len(square)]
+    row = square[(participant_number + session_number - 1) % len(square)]
     scale_order = tuple(protocol.scales[i].id for i in row)
     test_order = shuffle_no_repeat(stimuli, lambda ref: ref.scene, rng)
 

@@ -15,8 +15,9 @@ import difflib
 import hashlib
 import math
 import re
+import string
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -54,6 +55,31 @@ MAX_SCALE_POINTS = 11
 
 SSQ_VALUES = (0, 1, 2, 3)
 """SSQ answers are zero-based (0 None ... 3 Severe); the scoring formulas assume it."""
+
+#: Every caption the participant reads that is not part of a question, with its English default. A
+#: protocol's ``[captions]`` table replaces any of them; the ``{fields}`` each may use are listed in
+#: :data:`CAPTION_FIELDS`.
+DEFAULT_CAPTIONS: dict[str, str] = {
+    "confirm": "Confirm",
+    "continue": "Continue",
+    "continue_in": "Continue in {seconds} s",
+    "question_progress": "Question {number} of {count}",
+    "page": "{page}/{pages}",
+    "paused": "The session is paused. Please wait: the experimenter will continue it shortly.",
+    "ready": "Ready to go on? Select Continue when you are.",
+    "agree": "I agree",
+    "decline": "I do not agree",
+    "finish": "Finish",
+    "stop_question": "Stop the session now? You can continue it later.",
+    "stop": "Stop",
+    "go_on": "Go on",
+}
+CAPTION_FIELDS: dict[str, tuple[str, ...]] = {
+    "continue_in": ("seconds",),
+    "question_progress": ("number", "count"),
+    "page": ("page", "pages"),
+}
+DEFAULT_THANK_YOU = "Thank you for taking part. The session is over: the experimenter will help you take off the headset."
 
 # Ids end up in step keys such as "trial/12/VAR/clarity" and in CSV columns, so keep them plain.
 _ID = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
@@ -121,6 +147,60 @@ class Training:
 
 
 @dataclass(frozen=True)
+class PanelSpec:
+    """How panels are presented: the optional "question k of n" line and extra fonts tried first."""
+
+    question_progress: bool = False
+    fonts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How every stimulus starts: its start yaw (``start_yaw`` by stimulus path suffix, else
+    ``start_yaw_deg``), and on the desktop the horizontal field of view and the window size."""
+
+    start_yaw_deg: float = 0.0
+    start_yaw: Mapping[str, float] = field(default_factory=dict)
+    fov_deg: float = 90.0
+    window: tuple[int, int] = (1280, 720)
+
+    def yaw_for(self, stimulus_path: str) -> float:
+        """The start yaw of a stimulus: the entry whose key ends its path (as whole path parts), or the default."""
+        parts = Path(stimulus_path).parts
+        for key, yaw in self.start_yaw.items():
+            wanted = Path(key).parts
+            if tuple(parts[-len(wanted):]) == wanted:
+                return yaw
+        return self.start_yaw_deg
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """One of the sessions a participant comes for (e.g. one per day).
+
+    Attributes
+    ----------
+    number : int
+        1-based position in the protocol's ``[[sessions]]`` list.
+    name : str
+        Shown to the experimenter, e.g. ``"Day 1"``.
+    scenes : tuple of str
+        Scenes whose test stimuli this session shows; a scene in several sessions has its stimuli split
+        between them.
+    training : bool
+        Whether the training trials open this session.
+    ssq : bool
+        Whether the SSQ is asked in this session (before/after as ``[ssq]`` says).
+    """
+
+    number: int
+    name: str
+    scenes: tuple[str, ...]
+    training: bool = True
+    ssq: bool = True
+
+
+@dataclass(frozen=True)
 class Protocol:
     """A validated study protocol; build it with :func:`load_protocol` or :func:`parse_protocol`."""
 
@@ -139,6 +219,28 @@ class Protocol:
     ssq: SsqSpec
     source_text: str
     sha256: str
+    sessions: tuple[SessionSpec, ...] = ()
+    consent: str | None = None
+    thank_you: str = DEFAULT_THANK_YOU
+    captions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_CAPTIONS))
+    panel: PanelSpec = PanelSpec()
+    view: ViewSpec = ViewSpec()
+
+    def session(self, number: int) -> SessionSpec:
+        """The session numbered ``number`` (from 1).
+
+        Raises
+        ------
+        ProtocolError
+            If the protocol defines no such session; the message gives the range.
+        """
+        for spec in self.sessions:
+            if spec.number == number:
+                return spec
+        raise ProtocolError(
+            f"--session {number}: protocol '{self.name}' defines session(s) 1..{len(self.sessions)}; "
+            f"choose one of them"
+        )
 
     def scale(self, scale_id: str) -> Scale:
         """Return the scale with id ``scale_id``.
@@ -155,6 +257,30 @@ class Protocol:
         raise ProtocolError(
             f"protocol '{self.name}': scales: unknown scale '{scale_id}'; use one of {known}"
         )
+
+
+def participant_texts(protocol: Protocol) -> list[tuple[str, str]]:
+    """Every text a participant may read, as ``(protocol key, text)``, in the order a session shows them.
+
+    The viewer lays each out and checks that its fonts can draw every character; the key names the
+    place to fix in an error message.
+    """
+    texts = []
+    if protocol.consent is not None:
+        texts.append(("consent", protocol.consent))
+    texts.append(("instructions", protocol.instructions))
+    texts.append(("ssq.question", protocol.ssq.question))
+    texts += [(f"ssq.items[{i}]", item) for i, item in enumerate(protocol.ssq.items)]
+    texts += [(f"ssq.labels.{value}", label) for value, label in protocol.ssq.labels.items()]
+    texts.append(("training.instructions", protocol.training.instructions))
+    texts.append(("breaks.text", protocol.breaks.text))
+    for i, scale in enumerate(protocol.scales):
+        for j, item in enumerate(scale.items):
+            texts.append((f"scales[{i}].items[{j}].question", item.question))
+            texts += [(f"scales[{i}].items[{j}].labels.{value}", label) for value, label in item.labels.items()]
+    texts.append(("thank_you", protocol.thank_you))
+    texts += [(f"captions.{key}", text) for key, text in protocol.captions.items()]
+    return texts
 
 
 def load_protocol(path: str | Path) -> Protocol:
@@ -311,7 +437,7 @@ class _Reader:
                             f"set schema_version = {SCHEMA_VERSION}")
         self.no_unknown(doc, "", ("schema_version", "name", "version", "seed", "participants", "scenes",
                                   "exposure_s", "pose_rate_hz", "instructions", "training", "breaks", "ssq",
-                                  "scales"))
+                                  "scales", "consent", "thank_you", "captions", "panel", "view", "sessions"))
 
         seed = self.get(doc, "seed", "", int, "an integer")
         if not 0 <= seed <= MAX_SEED:
@@ -332,13 +458,14 @@ class _Reader:
             raise self.fail("pose_rate_hz", f"{rate:g} Hz is outside (0, {MAX_POSE_RATE_HZ:g}]",
                             "use a rate above 0 and at most the headset's 90 Hz frame rate")
 
+        scenes = self.scenes(doc)
         return Protocol(
             schema_version=version,
             name=self.identifier(doc, "name", ""),
             version=self.text(doc, "version", ""),
             seed=seed,
             participants=participants,
-            scenes=self.scenes(doc),
+            scenes=scenes,
             scales=self.scales(doc),
             exposure_s=exposure,
             pose_rate_hz=rate,
@@ -348,7 +475,119 @@ class _Reader:
             ssq=self.ssq(doc),
             source_text=text,
             sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            sessions=self.sessions(doc, scenes),
+            consent=self.text(doc, "consent", "") if "consent" in doc else None,
+            thank_you=self.text(doc, "thank_you", "") if "thank_you" in doc else DEFAULT_THANK_YOU,
+            captions=self.captions(doc),
+            panel=self.panel(doc),
+            view=self.view(doc),
         )
+
+    def captions(self, doc: dict) -> dict[str, str]:
+        captions = dict(DEFAULT_CAPTIONS)
+        if "captions" not in doc:
+            return captions
+        section = self.table(doc, "captions", "", tuple(DEFAULT_CAPTIONS))
+        for key in section:
+            text = self.text(section, key, "captions")
+            allowed = CAPTION_FIELDS.get(key, ())
+            try:
+                used = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+            except ValueError as exc:
+                raise self.fail(f"captions.{key}", f"braces do not pair up ({exc})",
+                                "write {field} for a value, {{ or }} for a brace") from None
+            unknown = sorted(used - set(allowed))
+            if unknown:
+                fix = (f"use only {', '.join('{' + a + '}' for a in allowed)}" if allowed
+                       else "this caption takes no {fields}; write {{ or }} for a brace")
+                raise self.fail(f"captions.{key}", f"unknown field {{{unknown[0]}}}", fix)
+            captions[key] = text
+        return captions
+
+    def panel(self, doc: dict) -> PanelSpec:
+        if "panel" not in doc:
+            return PanelSpec()
+        section = self.table(doc, "panel", "", ("question_progress", "fonts"))
+        progress = self.get(section, "question_progress", "panel", bool, "true or false", False)
+        raw = self.get(section, "fonts", "panel", list, "a list of font file paths", [])
+        fonts = []
+        for i, entry in enumerate(raw):
+            key = f"panel.fonts[{i}]"
+            if not isinstance(entry, str) or not entry.strip():
+                raise self.fail(key, f"expected a font file path, got {_describe(entry)}", "write the path in quotes")
+            path = (self.base_dir / entry).resolve()
+            if self.check_files and not path.is_file():
+                raise self.fail(key, f"font file {path} does not exist",
+                                "fix the path (relative paths start at the protocol's folder) or remove the entry")
+            fonts.append(str(path))
+        return PanelSpec(question_progress=progress, fonts=tuple(fonts))
+
+    def view(self, doc: dict) -> ViewSpec:
+        if "view" not in doc:
+            return ViewSpec()
+        section = self.table(doc, "view", "", ("start_yaw_deg", "start_yaw", "fov_deg", "window"))
+        default_yaw = self.yaw(section, "start_yaw_deg", "view", 0.0)
+        per_stimulus = {}
+        if "start_yaw" in section:
+            table = self.get(section, "start_yaw", "view", dict, "a table of \"stimulus path\" = yaw")
+            for key in table:
+                if not key.strip():
+                    raise self.fail("view.start_yaw", "an empty stimulus path", "name the stimulus, e.g. \"street/0.png\"")
+                per_stimulus[key] = self.yaw(table, key, "view.start_yaw", ...)
+        fov = self.number(section, "fov_deg", "view", 90.0)
+        if not 30.0 <= fov <= 120.0:
+            raise self.fail("view.fov_deg", f"{fov:g} degrees is outside 30..120",
+                            "use a horizontal field of view between 30 and 120 degrees (90 is usual)")
+        window = (1280, 720)
+        if "window" in section:
+            raw = self.get(section, "window", "view", list, "[width, height] in pixels")
+            if (len(raw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
+                    or not all(200 <= v <= 16384 for v in raw)):
+                raise self.fail("view.window", f"{raw!r} is not a window size",
+                                "write [width, height] in pixels, each 200..16384, e.g. [1280, 720]")
+            window = (raw[0], raw[1])
+        return ViewSpec(start_yaw_deg=default_yaw, start_yaw=per_stimulus, fov_deg=fov, window=window)
+
+    def yaw(self, parent: Mapping[str, Any], key: str, path: str, default: Any) -> float:
+        value = self.number(parent, key, path, default)
+        if not -180.0 <= value <= 180.0:
+            raise self.fail(_join(path, f'"{key}"' if path == "view.start_yaw" else key),
+                            f"{value:g} degrees is outside -180..180", "give the yaw in degrees, -180..180 (0 = image centre)")
+        return value
+
+    def sessions(self, doc: dict, scenes: tuple[str, ...]) -> tuple[SessionSpec, ...]:
+        if "sessions" not in doc:
+            return (SessionSpec(number=1, name="Session 1", scenes=scenes),)
+        raw = self.get(doc, "sessions", "", list, "an array of [[sessions]] tables")
+        if not raw:
+            raise self.fail("sessions", "is empty", "define at least one [[sessions]] table, or leave the key out for one session")
+        specs: list[SessionSpec] = []
+        for i, entry in enumerate(raw):
+            path = f"sessions[{i}]"
+            if not isinstance(entry, dict):
+                raise self.fail(path, f"expected a table, got {_toml_type(entry)}", "write it as [[sessions]]")
+            self.no_unknown(entry, path, ("name", "scenes", "training", "ssq"))
+            name = self.text(entry, "name", path) if "name" in entry else f"Session {i + 1}"
+            chosen = self.get(entry, "scenes", path, list, "a list of scene names", list(scenes))
+            if not chosen:
+                raise self.fail(_join(path, "scenes"), "is empty", "list the scenes this session shows")
+            for j, scene in enumerate(chosen):
+                if scene not in scenes:
+                    raise self.fail(f"{path}.scenes[{j}]", f"{_describe(scene)} is not one of the protocol's scenes",
+                                    f"use one of {', '.join(scenes)}")
+                if chosen.index(scene) != j:
+                    raise self.fail(f"{path}.scenes[{j}]", f"scene '{scene}' is listed twice", "list each scene once")
+            specs.append(SessionSpec(
+                number=i + 1, name=name, scenes=tuple(chosen),
+                training=self.get(entry, "training", path, bool, "true or false", True),
+                ssq=self.get(entry, "ssq", path, bool, "true or false", True),
+            ))
+        shown = {scene for spec in specs for scene in spec.scenes}
+        for scene in scenes:
+            if scene not in shown:
+                raise self.fail("sessions", f"no session shows scene '{scene}'",
+                                "add it to the scenes of one of the [[sessions]]")
+        return tuple(specs)
 
     def scenes(self, doc: dict) -> tuple[str, ...]:
         raw = self.get(doc, "scenes", "", list, "a list of scene names")

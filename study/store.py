@@ -28,6 +28,7 @@ from study.database import (
     BUSY_TIMEOUT_MS,
     check_sqlite_file,
     database_error,
+    mask_secrets,
     database_url,
     make_engine,
     read_only_engine,
@@ -44,6 +45,7 @@ from study.models import (
     Stimulus,
     Study,
     StudySession,
+    utc_now,
 )
 from study.protocol import DEFAULT_PROTOCOL, Protocol, load_protocol, parse_protocol
 from study.stimuli import Candidate, CheckedImage, check_image, collect, write_downscaled
@@ -52,6 +54,8 @@ from study.stimuli import Candidate, CheckedImage, check_image, collect, write_d
 PARTICIPANT_CODE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 #: Tries of one enrolment against concurrent ones before the conflict is reported.
 ENROL_ATTEMPTS = 50
+#: Station names (the machine a session ran on) go into exports and file names: keep them plain.
+STATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Scene given to training panoramas whose folder is not one of the protocol's scenes.
 TRAINING_SCENE = "training"
 
@@ -105,6 +109,16 @@ def _check_writable(path: Path, *, creating: bool) -> None:
     # WAL writes <db>-wal and <db>-shm next to the file, so the folder must be writable too.
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise StoreError(f"{path}: database path is not writable; fix its permissions or choose another --db path")
+
+
+def check_station(station: str) -> str:
+    """``station`` itself if it is a safe station name; StoreError naming ``--station`` otherwise."""
+    if not STATION_NAME.fullmatch(station):
+        raise StoreError(
+            f"--station {station!r} is not a station name; use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return station
 
 
 def _sessionmaker(engine: sa.Engine) -> so.sessionmaker[so.Session]:
@@ -258,8 +272,12 @@ def _read_study(engine: sa.Engine, url: str) -> tuple[int, Protocol]:
     with engine.connect() as connection:
         version = connection.scalar(sa.select(sa.func.max(SchemaInfo.__table__.c.version)))
     if version is None or version != SCHEMA_VERSION:
-        newer = version is not None and version > SCHEMA_VERSION
-        fix = "upgrade panostudy" if newer else "re-create it with this panostudy"
+        if version in MIGRATIONS:
+            fix = f"run 'panostudy study migrate --db {name}' once (it keeps a copy of the old file)"
+        elif version is not None and version > SCHEMA_VERSION:
+            fix = "upgrade panostudy"
+        else:
+            fix = "re-create it with this panostudy"
         raise StoreError(f"{name}: schema_info.version is {version}, this panostudy reads version {SCHEMA_VERSION}; {fix}")
     for table in Base.metadata.sorted_tables:
         if table.name not in tables:
@@ -627,3 +645,151 @@ def session_status_counts(db: StudyDB) -> dict[str, int]:
             .group_by(StudySession.status)
         ).all()
         return dict(rows)
+
+
+# -- schema migrations ------------------------------------------------------------------------------------
+
+def _migrate_1_to_2(connection: sa.Connection) -> None:
+    """Version 2: numbered sessions with a station and the ``declined`` status (several per participant);
+    pose samples with presentation, interruption flag, field of view, position and runtime time.
+
+    SQLite cannot drop the old ``UNIQUE(participant_id)`` or change a CHECK in place, so the session table
+    is rebuilt the documented way (new table, copy, drop, rename); its id values stay, so every reference
+    to a session stays valid.
+    """
+    session_table = StudySession.__table__
+    if connection.dialect.name == "sqlite":
+        create = str(sa.schema.CreateTable(session_table).compile(connection))
+        connection.exec_driver_sql(create.replace("CREATE TABLE session ", "CREATE TABLE session_v2 ", 1))
+        old = ", ".join(c.name for c in session_table.columns if c.name not in ("number", "station"))
+        connection.exec_driver_sql(f"INSERT INTO session_v2 ({old}, number) SELECT {old}, 1 FROM session")
+        connection.exec_driver_sql("DROP TABLE session")
+        connection.exec_driver_sql("ALTER TABLE session_v2 RENAME TO session")
+        for index in session_table.indexes:
+            index.create(connection)
+    else:
+        for unique in sa.inspect(connection).get_unique_constraints("session"):
+            if unique["column_names"] == ["participant_id"]:
+                connection.execute(sa.text(f'ALTER TABLE session DROP CONSTRAINT "{unique["name"]}"'))
+        connection.execute(sa.text("ALTER TABLE session DROP CONSTRAINT IF EXISTS session_status"))
+        connection.execute(sa.text("ALTER TABLE session ADD COLUMN number INTEGER NOT NULL DEFAULT 1"))
+        connection.execute(sa.text("ALTER TABLE session ADD COLUMN station VARCHAR(64)"))
+        for constraint in session_table.constraints:
+            if isinstance(constraint, (sa.UniqueConstraint, sa.CheckConstraint)) and constraint.name:
+                connection.execute(sa.schema.AddConstraint(constraint))
+        for index in session_table.indexes:
+            index.create(connection, checkfirst=True)
+    false = "0" if connection.dialect.name == "sqlite" else "FALSE"
+    for name, kind in {"presentation": "INTEGER NOT NULL DEFAULT 0", "interrupted": f"BOOLEAN NOT NULL DEFAULT {false}",
+                       "fov_h_deg": "FLOAT", "fov_v_deg": "FLOAT", "x_m": "FLOAT", "y_m": "FLOAT", "z_m": "FLOAT",
+                       "runtime_time_ns": "BIGINT"}.items():
+        connection.execute(sa.text(f"ALTER TABLE pose_sample ADD COLUMN {name} {kind}"))
+
+
+#: Schema version → the function that brings a database of that version to the next one.
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1_to_2}
+
+
+def _migration_engine(url: str) -> sa.Engine:
+    """An engine whose transactions cover DDL too. PostgreSQL's do already; pysqlite would commit each
+    CREATE/DROP on its own (SQLAlchemy's recipe for transactional DDL on SQLite), and the rebuild of a
+    table needs foreign keys off."""
+    if sqlite_file(url) is None:
+        return make_engine(url)
+    engine = sa.create_engine(url)
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, connection_record):
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+        dbapi_connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def migrate_study(db: str | Path) -> tuple[int, Path | None]:
+    """Brings a study database of an older schema version to :data:`SCHEMA_VERSION` in one transaction.
+
+    A SQLite file is first copied (SQLite's online backup) to ``<file>.schema<old version>.bak``: the way
+    back. If any step fails, the database is left as it was (and the copy is removed again).
+
+    Returns
+    -------
+    (int, Path or None)
+        The version the database had, and the backup file (None for a server database: back it up with
+        its own tools first).
+
+    Raises
+    ------
+    StoreError
+        If there is no panostudy database there, it is current already, of a version this panostudy
+        cannot migrate, or the migration fails.
+    """
+    url = database_url(db)
+    name = shown(url)
+    path = sqlite_file(url)
+    if path is not None:
+        _check_writable(path, creating=False)
+        check_sqlite_file(path)
+    checker = read_only_engine(url)
+    try:
+        if not sa.inspect(checker).has_table(SchemaInfo.__tablename__):
+            raise StoreError(f"{name}: not a panostudy study database (no schema_info table); nothing to migrate")
+        with checker.connect() as connection:
+            original = connection.scalar(sa.select(sa.func.max(SchemaInfo.__table__.c.version)))
+    except sa.exc.DBAPIError as exc:
+        raise database_error(exc, url, during="study migrate") from None
+    finally:
+        checker.dispose()
+    if original == SCHEMA_VERSION:
+        raise StoreError(f"{name}: already at schema version {SCHEMA_VERSION}; nothing to migrate")
+    if original not in MIGRATIONS:
+        raise StoreError(f"{name}: schema_info.version is {original}; this panostudy migrates versions "
+                         f"{', '.join(map(str, MIGRATIONS))} to {SCHEMA_VERSION} only")
+    backup = None
+    if path is not None:
+        backup = path.with_name(f"{path.name}.schema{original}.bak")
+        if backup.exists():
+            raise StoreError(f"{backup}: a backup of an earlier migration is there; move it away first")
+    engine = _migration_engine(url)
+    try:
+        if backup is not None:
+            _sqlite_copy(path, backup)
+        with engine.begin() as connection:
+            version = original
+            while version in MIGRATIONS:
+                MIGRATIONS[version](connection)
+                version += 1
+            connection.execute(sa.delete(SchemaInfo.__table__))
+            connection.execute(sa.insert(SchemaInfo.__table__).values(version=version, created_at=utc_now()))
+            if connection.dialect.name == "sqlite":
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if broken:
+                    raise StoreError(f"{name}: the migration would break references ({broken[0]}); the database is unchanged")
+    except BaseException as exc:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
+        if isinstance(exc, sa.exc.SQLAlchemyError):
+            detail = mask_secrets(str(getattr(exc, "orig", exc)), url)
+            raise StoreError(f"{name}: cannot migrate the database ({detail}); it is unchanged") from None
+        raise
+    finally:
+        engine.dispose()
+    return original, backup
+
+
+def _sqlite_copy(path: Path, target: Path) -> None:
+    """A consistent copy of a SQLite database (the WAL included) through SQLite's backup API."""
+    import sqlite3
+
+    source = sqlite3.connect(path)
+    copy = sqlite3.connect(target)
+    try:
+        source.backup(copy)
+    finally:
+        copy.close()
+        source.close()

@@ -219,7 +219,11 @@ CASES = [
     Case("resume-without-session", ("session", "resume", "--db", "{db}", *P02, "--backend", "none", "--simulate", "1"),
          ("'P02' has no session yet",)),
     Case("withdraw-completed", ("session", "withdraw", "--db", "{db}", "--participant", "P01"), ("already completed",)),
-    Case("run-twice", (*RUN, "--participant", "P01", "--simulate", "1"), ("already has a session", "session resume")),
+    Case("run-twice", (*RUN, "--participant", "P01", "--simulate", "1"), ("'P01' has done all 1 session(s)", "nothing more to run")),
+    Case("session-unknown", (*RUN, "--participant", "P02", "--simulate", "1", "--session", "3"),
+         ("--session 3", "defines session(s) 1..1")),
+    Case("station-unsafe", (*RUN, "--participant", "P02", "--simulate", "1", "--station", "lab pc/1"),
+         ("--station 'lab pc/1' is not a station name",)),
     Case("delete-unknown", ("study", "delete-participant", "--db", "{db}", "--code", "NOPE1", "--yes"), ("'NOPE1' is not enrolled",)),
     # -- protocol TOML -----------------------------------------------------------------------------------------
     Case("toml-deep-arrays", (*INIT, "{tmp}/bad.toml"), ("bad.toml", "nested too deeply"), write("bad.toml", DEEP_TOML)),

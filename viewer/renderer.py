@@ -15,7 +15,7 @@ import numpy as np
 
 from study.errors import StimulusError
 from study.stimuli import MAX_WIDTH, NEUTRAL_GREY_SRGB
-from viewer.camera import Tangents, projection_matrix, view_matrix
+from viewer.camera import Tangents, projection_matrix, view_matrix, view_rotation
 from viewer.textures import (
     GL_SRGB8_ALPHA8,
     DecodedStimulus,
@@ -32,6 +32,21 @@ def srgb_to_linear(code: float) -> float:
     """Linear light of an 8-bit sRGB code (IEC 61966-2-1)."""
     c = code / 255.0
     return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+
+def finish(ctx) -> None:
+    """Waits for the GL to finish, letting other Python threads run meanwhile.
+
+    moderngl's ``ctx.finish()`` holds Python's interpreter lock while it waits; on a software renderer
+    that wait is most of a frame, and the pose-sampling thread could not take a sample on time. PyOpenGL
+    calls ``glFinish`` through ctypes, which releases the lock.
+    """
+    try:
+        from OpenGL import GL
+    except ImportError:
+        ctx.finish()
+        return
+    GL.glFinish()
 
 
 def load_shader(name: str) -> str:
@@ -241,6 +256,14 @@ class Renderer:
         self.grey_linear = srgb_to_linear(GREY_SRGB)
         self._panel_texture = None
         self._panel_version: int | None = None
+        self.panorama_yaw_deg = 0.0
+
+    def turn_panorama(self, yaw_deg: float) -> None:
+        """Turns the panorama about the vertical axis: the stimulus direction at yaw ``θ`` then appears at
+        world yaw ``θ - yaw_deg``. A headset session uses it so that every stimulus starts with its start
+        yaw straight ahead of the participant, wherever they face; the panel is not turned."""
+        self.panorama_yaw_deg = float(yaw_deg)
+        self._panorama_rotation = view_rotation(yaw_deg, 0.0)
 
     def draw_eye(self, fbo, eye: EyeView, *, stimulus=None, fade: float = 0.0, panel: PanelQuad | None = None) -> None:
         """Draws one eye into ``fbo`` (its full viewport).
@@ -267,7 +290,8 @@ class Renderer:
             stimulus.use(0)
             program = self._equirect
             program["u_equirect"].value = 0
-            program["u_rotation"].write(np.ascontiguousarray(eye.rotation.T, dtype="f4"))
+            rotation = eye.rotation if not self.panorama_yaw_deg else self._panorama_rotation @ eye.rotation
+            program["u_rotation"].write(np.ascontiguousarray(rotation.T, dtype="f4"))
             program["u_tangents"].value = eye.tangents.as_vec4()
             program["u_fade"].value = float(max(0.0, fade))
             program["u_grey"].value = grey

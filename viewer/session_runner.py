@@ -1,10 +1,20 @@
 """Runs a participant's session in a viewer backend by driving the study engine.
 
 For every engine step: a stimulus fades in from neutral grey, stays for the protocol's exposure time
-while head poses are sampled, and fades out; every other step (instructions, SSQ items, ratings,
-breaks) is the rating panel over grey. Each answer is submitted (and committed by the engine) before
-the next step appears. From the moment a stimulus appears, the next ones decode in a background
-process and upload a strip per frame, so a switch never stalls the display.
+while head poses are sampled at exactly the protocol's rate (:mod:`viewer.pose`), and fades out; every
+other step (consent, instructions, SSQ items, ratings, breaks) is a panel over grey. Each answer is
+submitted (and committed by the engine) before the next step appears. From the moment a stimulus
+appears, the next ones decode in a background process and upload a strip per frame, so a switch never
+stalls the display.
+
+Every stimulus starts the same way: straight ahead is its start yaw (the protocol's, default 0) and
+the desktop's field of view is the protocol's; panels have a fixed view of their own.
+
+The experimenter's console (:mod:`viewer.console_link`) may pause (the participant sees the "paused"
+panel; a stimulus interrupted by it is shown again from its start, its partial poses kept and flagged),
+resume (after a "ready?" panel), insert a break, or abort with a reason (resumable or withdrawn). Escape
+in the participant's window asks the participant's window for confirmation first; a runtime that goes
+away stops the run at once. Every control is an event in the store.
 
 A scripted driver (``study.driver.ScriptedDriver``) can answer instead of a person; the headless
 backend needs one and then runs on a simulated clock, so a 20-minute session takes seconds.
@@ -13,6 +23,7 @@ backend needs one and then runs on a simulated clock, so a 20-minute session tak
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
@@ -20,15 +31,20 @@ from typing import Protocol
 import numpy as np
 
 from study.errors import SessionError
-from viewer.backends.base import Backend, Frame, FrameInput, InputEvent, backend_class
+from viewer.backends.base import Backend, Frame, FrameInput, HeadSample, InputEvent, backend_class
 from viewer.camera import view_rotation, yaw_pitch_roll
-from viewer.panel import Panel
-from viewer.pose import PoseLogger
+from viewer.panel import Panel, PanelContent, content_for_step, message_content
+from viewer.pose import PoseSampler, TimedSample, due_times, rate_report
 
 #: Seconds of each fade between grey and a stimulus.
 FADE_S = 0.5
 #: Display refresh of the HTC VIVE Pro Eye; frame times above its period are counted per trial.
 DISPLAY_HZ = 90.0
+#: Seconds a scripted participant takes to continue the session's own panels (ready, thank-you).
+SCRIPTED_MESSAGE_S = 0.5
+#: Horizontal field of view of the desktop's fixed panel view: the 1.2 m panel at 1.5 m (43.6°) fills
+#: about 85 % of the window's width.
+PANEL_VIEW_FOV_DEG = 52.0
 
 
 class SessionDriver(Protocol):
@@ -42,11 +58,14 @@ class SessionDriver(Protocol):
 
 class _RealClock:
     def __init__(self):
-        self._t0 = time.perf_counter()
+        self._t0_ns = time.monotonic_ns()
         self._utc0 = datetime.now(timezone.utc)
 
     def now(self) -> float:
-        return time.perf_counter() - self._t0
+        return (time.monotonic_ns() - self._t0_ns) / 1e9
+
+    def monotonic_ns(self, t_s: float) -> int:
+        return self._t0_ns + round(t_s * 1e9)
 
     def utc(self, t_s: float) -> datetime:
         return self._utc0 + timedelta(seconds=t_s)
@@ -60,6 +79,7 @@ class _SimulatedClock(_RealClock):
 
     def __init__(self, frame_s: float, start: datetime):
         self._t = 0.0
+        self._t0_ns = 0
         self._frame_s = frame_s
         self._utc0 = start
 
@@ -77,49 +97,104 @@ class SessionSummary:
     submitted: int          # steps answered in this run
     completed: bool         # the session reached its "done" step
     frames: int
-    interrupted: str | None = None   # why the run stopped early (the operator, the runtime), if it did
+    interrupted: str | None = None   # why the run stopped before the end (resumable unless status says withdrawn)
+    status: str = ""                 # the session's status afterwards
+
+
+class _Pause(Exception):
+    """The console paused the session."""
+
+
+class _BreakNow(Exception):
+    """The console asked for a break before the stimulus on screen."""
+
+
+class _StopAsked(Exception):
+    """Escape in the participant's window: ask before stopping."""
+
+
+class _Stopped(Exception):
+    """The run ends here: a confirmed stop, an abort from the console, or a runtime that went away."""
+
+    def __init__(self, reason: str, withdrawn: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.withdrawn = withdrawn
 
 
 class _Interrupted(Exception):
-    """The person at the keyboard quit (Escape / window closed) or the VR runtime went away; the session
-    can be resumed. The message says which."""
+    """Raised by a stimulus's showing when something interrupted it; carries the control that did."""
+
+    def __init__(self, control: BaseException):
+        super().__init__(str(control))
+        self.control = control
 
 
 class SessionRunner:
     """One run of a session in an open backend; see :func:`run_session`."""
 
-    def __init__(self, engine, backend: Backend, *, driver: SessionDriver | None, frame_hz: float, preload: int):
+    def __init__(self, engine, backend: Backend, *, driver: SessionDriver | None, frame_hz: float, preload: int,
+                 console=None, fonts=None, resumed: bool = False, station: str | None = None):
         self.engine = engine
+        self.protocol = engine.protocol
         self.backend = backend
         self.driver = driver
         self.preload = preload
-        self.poses = PoseLogger(engine.pose_rate_hz)
+        self.console = console
+        self.fonts = fonts
+        self.resumed = resumed
+        self.station = station
+        self.tracked = backend.capabilities.head_tracking
+        # a scripted participant moves the head only where no tracker does
+        self.scripted_head = driver is not None and not self.tracked
         if backend.capabilities.paced or driver is None:
             self.clock = _RealClock()
+            self.sampler = PoseSampler(engine.pose_rate_hz, self._head_at)
         else:
             start = max(datetime.now(timezone.utc), engine.last_activity() or datetime.min.replace(tzinfo=timezone.utc))
             self.clock = _SimulatedClock(1.0 / frame_hz, start)
-        # A tracked headset's pose is the truth, also when a script answers for the participant.
-        self.scripted_head = driver is not None and not backend.capabilities.head_tracking
+            self.sampler = None
         self.head = np.eye(3)
-        self.head_time_ns: int | None = None
         # In a tracked headset the eyes are ~1.7 m above the tracking origin: the panel hangs ahead of them.
         self.head_position = np.zeros(3)
         self.frames = 0
         self._frame_times: list[float] = []
+        self._recent_frames: deque[float] = deque(maxlen=60)
         self._last_frame: float | None = None
+        self.mode = "running"
+        self._defer = False
+        self._pending: BaseException | None = None
+        self._resume_requested = self._finish_requested = False
+        self._step = None
+        self._step_progress = (0, 0)
+        self._stimulus_shown_s: float | None = None
+        self._last_answer = ""
+        self._last_pose = "none yet"
+        self._note = ""
+        self._log: list[str] = []
+        self._lateness: list[int] = []
+        self._held_commands: list[dict] = []
 
     # -- frames ------------------------------------------------------------------------------------------
 
+    def _head_at(self, monotonic_ns: int) -> HeadSample | None:
+        """The sampler's source: the backend's tracker or view state, else the runner's own head."""
+        sample = self.backend.head_at(monotonic_ns)
+        if sample is None and not self.tracked:
+            return HeadSample(self.head)
+        return sample
+
     def _frame(self, frame: Frame) -> FrameInput:
-        """Polls input, advances uploads, draws; the head used is the scripted one if any."""
+        """Polls input and the console, advances uploads, draws; raises the control that interrupts."""
+        if self._pending is not None and not self._defer:
+            pending, self._pending = self._pending, None
+            raise pending
         user = self.backend.poll_input()
         for event in user.events:
             if event.kind == "quit":
-                raise _Interrupted(event.key or "the operator quit (Escape or window closed)")
+                raise _Stopped(event.key or "the display went away")
         if frame.head is None:
             self.head = user.head
-            self.head_time_ns = user.runtime_time_ns
         if user.head_position is not None:
             self.head_position = user.head_position
         self.backend.renderer.stimuli.update()
@@ -129,8 +204,107 @@ class SessionRunner:
         now = time.perf_counter()
         if self._last_frame is not None:
             self._frame_times.append(now - self._last_frame)
+            self._recent_frames.append(now - self._last_frame)
         self._last_frame = now
-        return user
+        self._console_frame()
+        if any(e.kind == "key" and e.key == "escape" for e in user.events) and self.mode in ("running", "ready"):
+            self._control(_StopAsked())
+        return FrameInput(user.head, user.pointer, tuple(e for e in user.events if e.key != "escape"),
+                          user.head_position)
+
+    def _control(self, control: BaseException) -> None:
+        if self._defer:
+            self._pending = self._pending or control
+        else:
+            raise control
+
+    def _record(self, kind: str, detail: dict, text: str | None = None) -> None:
+        self.engine.record_event(kind, {**detail, "at_step": self._step.key if self._step else None})
+        if text:
+            self._log.append(f"{datetime.now().strftime('%H:%M:%S')}  {text}")
+
+    def _console_frame(self) -> None:
+        if self.console is None:
+            return
+        commands = self.console.commands()
+        if self._defer:
+            # a stimulus is fading out after its full exposure: controls wait until it is recorded
+            self._held_commands += [c for c in commands if c.get("command") not in ("mirror", "abort")]
+            commands = [c for c in commands if c.get("command") in ("mirror", "abort")]
+        else:
+            commands, self._held_commands = self._held_commands + commands, []
+        for command in commands:
+            self._command(command)
+        if self.console is not None:
+            self.console.send(self._status())
+
+    def _command(self, command: dict) -> None:
+        name = command.get("command")
+        if name == "console_failed":
+            self._log.append(f"console could not open: {command.get('reason')}")
+            self.console = None
+            return
+        if name == "mirror":
+            self.backend.mirror = self.console.mirror if command.get("on") else None
+            return
+        allowed = self._controls()
+        if name not in allowed:
+            return
+        if name == "abort":
+            reason, outcome = str(command.get("reason", "")).strip() or "no reason given", command.get("outcome")
+            withdrawn = outcome == "withdrawn"
+            self._record("console", {"command": "abort", "reason": reason, "outcome": "withdrawn" if withdrawn else "resumable"},
+                         f"abort ({'withdrawn' if withdrawn else 'resumable'}): {reason}")
+            raise _Stopped(reason, withdrawn=withdrawn)
+        if name == "pause":
+            self._record("console", {"command": "pause"}, "paused by the experimenter")
+            self._control(_Pause())
+        elif name == "resume":
+            if self.mode == "complete":
+                self._finish_requested = True
+            else:
+                self._record("console", {"command": "resume"}, "resumed by the experimenter")
+                self._resume_requested = True
+        elif name == "break":
+            before = self.engine.request_break()
+            self._record("console", {"command": "break", "before_trial": before},
+                         "break asked for" + (f" before trial {before}" if before is not None else ": no trial left"))
+            if before is None:
+                self._note = "No trial is left: no break can be inserted."
+            elif self._step is not None and self._step.kind == "stimulus" and self._step.trial_index == before:
+                self._control(_BreakNow())
+            else:
+                self._note = f"A break comes before trial {before}, after the current questions."
+
+    def _controls(self) -> tuple[str, ...]:
+        return {"running": ("pause", "break", "abort"), "ready": ("pause", "abort"), "paused": ("resume", "abort"),
+                "asking": ("abort",), "complete": ("resume",)}.get(self.mode, ("abort",))
+
+    def _status(self) -> dict:
+        engine, step = self.engine, self._step
+        recent = np.array(self._recent_frames) if self._recent_frames else np.array([0.0])
+        mean = float(recent.mean())
+        shown = self._stimulus_shown_s
+        state_text = {"running": "", "paused": "The participant sees the paused panel. Resume (R) when they are ready.",
+                      "ready": "Waiting for the participant to select Continue on the \"ready?\" panel.",
+                      "asking": "Escape was pressed in the participant's window: it asks whether to stop.",
+                      "complete": "The session is complete. Resume (R) closes the participant's window."}
+        status = {
+            "participant": engine.participant_code, "session_number": engine.number,
+            "session_count": engine.sessions_in_protocol(), "session_name": engine.spec.name, "station": self.station,
+            "state": self.mode, "state_text": state_text.get(self.mode, ""),
+            "step_index": self._step_progress[0] + 1, "step_count": self._step_progress[1],
+            "step_text": describe_step(step) if step is not None else "starting",
+            "stimulus": _short(step.stimulus_path) if step is not None and step.kind == "stimulus" else None,
+            "scene": step.scene if step is not None else None,
+            "stimulus_time_s": self.clock.now() - shown if shown is not None else 0.0,
+            "exposure_s": self.protocol.exposure_s,
+            "last_answer": self._last_answer, "frame_hz": 1.0 / mean if mean > 0 else 0.0, "frame_ms": mean * 1000.0,
+            "pose_text": f"{self.engine.pose_rate_hz:g} Hz due; last trial {self._last_pose}",
+            "dropped": self.backend.dropped_frames(), "controls": self._controls(), "note": self._note,
+            "log": list(self._log[-20:]),
+        }
+        return status
 
     def _timing_event(self, trial_index: int) -> None:
         times = np.array(self._frame_times) * 1000.0
@@ -144,7 +318,7 @@ class SessionRunner:
         self.engine.record_event("frame_timing", detail)
         self._frame_times = []
 
-    # -- steps -------------------------------------------------------------------------------------------
+    # -- stimuli -----------------------------------------------------------------------------------------
 
     def _scripted_motion(self, step) -> np.ndarray | None:
         if not self.scripted_head:
@@ -162,7 +336,24 @@ class SessionRunner:
         self.backend.renderer.stimuli.want(current + self.engine.upcoming_stimuli(self.preload))
 
     def _stimulus(self, step):
+        """Shows a stimulus; after an interruption (pause, Escape, a break asked for) shows it again from
+        its start, or moves on to the step that now comes first (the break)."""
+        while True:
+            try:
+                return self._show_stimulus(step)
+            except _Interrupted as interrupted:
+                control = interrupted.control
+            if isinstance(control, _Pause):
+                self._paused()
+            elif isinstance(control, _StopAsked):
+                self._ask_stop()
+            current = self.engine.current()
+            if current.key != step.key:
+                return current
+
+    def _show_stimulus(self, step):
         stimuli = self.backend.renderer.stimuli
+        self._step = step
         self._prepare(step)
         # _last_frame carries over: a wait for this stimulus shows up as its first frame time
         self._frame_times = []
@@ -174,34 +365,110 @@ class SessionRunner:
             texture = stimuli.get(step.stimulus_path)
         stimuli.show(step.stimulus_path)
         motion = self._scripted_motion(step)
+        # every stimulus starts with its start yaw straight ahead
+        if self.tracked:
+            self.backend.renderer.turn_panorama(step.start_yaw_deg - yaw_pitch_roll(self.head)[0])
+        else:
+            self.backend.reset_view(step.start_yaw_deg, 0.0, fov_deg=self.protocol.view.fov_deg, locked=False)
+        turn = view_rotation(self.backend.renderer.panorama_yaw_deg, 0.0)
+        presentation = self.engine.next_presentation(step.trial_index)
         self.backend.fade_to_grey(FADE_S, grey=False)
-        t0 = self.clock.now()
-        while (t := self.clock.now() - t0) < FADE_S:
-            self._frame(Frame(stimulus=texture, fade=1.0 - t / FADE_S, head=self._scripted_head(motion, 0.0)))
-        shown_s = self.clock.now()
-        self.poses.reset()
-        while (t := self.clock.now() - shown_s) < step.exposure_s:
-            head = self._scripted_head(motion, t)
-            self._frame(Frame(stimulus=texture, head=head))
-            if head is None:
-                self.poses.offer(t, self.head, runtime_time_ns=self.head_time_ns)
-            else:
-                self.poses.offer(t, head)
-        ended_s = self.clock.now()
-        self.backend.fade_to_grey(FADE_S, grey=True)
-        while (t := self.clock.now() - ended_s) < FADE_S:
-            self._frame(Frame(stimulus=texture, fade=t / FADE_S, head=self._scripted_head(motion, step.exposure_s)))
+        shown_s = None
+        try:
+            t0 = self.clock.now()
+            while (t := self.clock.now() - t0) < FADE_S:
+                self._frame(Frame(stimulus=texture, fade=1.0 - t / FADE_S, head=self._scripted_head(motion, 0.0)))
+            shown_s = self._stimulus_shown_s = self.clock.now()
+            if self.sampler is not None:
+                self.sampler.start(self.clock.monotonic_ns(shown_s), step.exposure_s)
+            while (t := self.clock.now() - shown_s) < step.exposure_s:
+                self._frame(Frame(stimulus=texture, head=self._scripted_head(motion, t)))
+            ended_s = self.clock.now()
+            samples = self._samples(motion, turn, shown_s, ended_s, step.exposure_s)
+        except (_Pause, _StopAsked, _BreakNow, _Stopped, KeyboardInterrupt) as control:
+            at_s = self.clock.now()
+            if shown_s is not None:
+                kept = self._samples(motion, turn, shown_s, at_s, step.exposure_s)
+                self.engine.record_poses(step.trial_index, kept, presentation=presentation, interrupted=True)
+                what = {_Pause: "paused", _StopAsked: "Escape pressed", _BreakNow: "a break was asked for"}.get(
+                    type(control), "the session stopped")
+                self.engine.flag_trial(step.trial_index, "stimulus_interrupted",
+                                       f"{what} at {at_s - shown_s:.1f} s of {step.exposure_s:g} s; {len(kept)} poses "
+                                       "kept, flagged; shown again from its start", presentation=presentation)
+            self._after_stimulus(texture)
+            if isinstance(control, (_Stopped, KeyboardInterrupt)):
+                raise
+            raise _Interrupted(control) from None
+        # the exposure is complete: a control arriving during the fade-out waits for the submit
+        self._defer = True
+        try:
+            self.backend.fade_to_grey(FADE_S, grey=True)
+            while (t := self.clock.now() - ended_s) < FADE_S:
+                self._frame(Frame(stimulus=texture, fade=t / FADE_S, head=self._scripted_head(motion, step.exposure_s)))
+            self._after_stimulus(texture)
+            # Poses first: if the process dies before the submit, resume discards them with the exposure.
+            self.engine.record_poses(step.trial_index, samples, presentation=presentation)
+            self._pose_rate(step, samples, presentation)
+            shown_at = self.clock.utc(shown_s)
+            following = self.engine.submit(step.key, None, shown_at=shown_at,
+                                           answered_at=shown_at + timedelta(seconds=ended_s - shown_s))
+            self._timing_event(step.trial_index)
+            self._prepare(following)
+        finally:
+            self._defer = False
+        return following
+
+    def _after_stimulus(self, texture) -> None:
         # The eye buffers are grey now. A compositor's grey is drawn over everything, the panels that
         # follow included, so it is lifted here; it has covered the switch itself.
         self.backend.fade_to_grey(0.0, grey=False)
-        stimuli.show(None)
-        # Poses first: if the process dies before the submit, resume discards them with the exposure.
-        self.poses.flush(self.engine, step.trial_index)
-        shown_at = self.clock.utc(shown_s)
-        following = self.engine.submit(step.key, None, shown_at=shown_at, answered_at=shown_at + timedelta(seconds=ended_s - shown_s))
-        self._timing_event(step.trial_index)
-        self._prepare(following)
-        return following
+        self.backend.renderer.stimuli.show(None)
+        self.backend.renderer.turn_panorama(0.0)
+        self._stimulus_shown_s = None
+
+    def _samples(self, motion, turn, shown_s: float, until_s: float, exposure_s: float) -> list:
+        """The exposure's pose records up to ``until_s``, in the stimulus's frame."""
+        from study.engine import PoseRecord
+
+        if self.sampler is None:
+            # simulated clock: the pose in effect at each due time, from the tracker or else the script
+            taken = []
+            for t in due_times(self.engine.pose_rate_hz, exposure_s):
+                if shown_s + t >= until_s + 1e-9:
+                    break
+                if self.tracked:
+                    sample = self.backend.head_at(self.clock.monotonic_ns(shown_s + t))
+                else:
+                    sample = HeadSample(self._scripted_head(motion, t) if motion is not None else self.head)
+                if sample is not None:
+                    taken.append(TimedSample(float(t), sample.head, sample.position, sample.fov_deg,
+                                             sample.runtime_time_ns, 0))
+        else:
+            taken = self.sampler.stop(self.clock.monotonic_ns(until_s))
+        self._lateness = [s.late_ns for s in taken]
+        records = []
+        for sample in taken:
+            yaw, pitch, roll = yaw_pitch_roll(turn @ sample.head)
+            position = None if sample.position is None else tuple(float(v) for v in sample.position)
+            fov = sample.fov_deg or (None, None)
+            records.append(PoseRecord(sample.t, yaw, pitch, roll, fov_h_deg=fov[0], fov_v_deg=fov[1],
+                                      position=position, runtime_time_ns=sample.runtime_time_ns))
+        return records
+
+    def _pose_rate(self, step, samples, presentation: int) -> None:
+        rate = self.engine.pose_rate_hz
+        report = rate_report([s.t for s in samples], rate, step.exposure_s, getattr(self, "_lateness", []))
+        self.engine.record_event("pose_rate", {"trial_index": step.trial_index, "presentation": presentation,
+                                               "rate_hz": rate, **report.as_detail(),
+                                               "sampler_priority": self.sampler.priority if self.sampler else "simulated"})
+        self._last_pose = f"{report.achieved_hz:.1f} Hz, largest gap {report.largest_gap_s * 1000:.0f} ms"
+        if report.low(rate):
+            self.engine.flag_trial(
+                step.trial_index, "pose_rate_low",
+                f"{report.achieved_hz:.1f} Hz of {rate:g} Hz ({report.achieved_hz / rate:.0%}); {report.stored} of "
+                f"{report.expected} samples; largest gap {report.largest_gap_s:.3f} s", presentation=presentation,
+            )
+            self._log.append(f"trial {step.trial_index}: head poses below 95 % of {rate:g} Hz (flagged)")
 
     def _scripted_head(self, motion: np.ndarray | None, t_s: float) -> np.ndarray | None:
         if not self.scripted_head:
@@ -214,65 +481,199 @@ class SessionRunner:
         self.head = view_rotation(row[1], row[2], row[3])
         return self.head
 
-    def _panel(self, step):
-        yaw = yaw_pitch_roll(self.head)[0]
+    # -- panels ------------------------------------------------------------------------------------------
+
+    def _show(self, content: PanelContent, *, scripted: tuple[list[InputEvent], float] | None = None,
+              until=None):
+        """Shows a panel until the participant ends it (returns ``(PanelResult, t0, t1)``) or ``until()``
+        is true (returns ``(None, t0, t1)``)."""
+        if not self.tracked:
+            # panels have a fixed view of their own: straight ahead, the protocol's field of view
+            self.backend.reset_view(0.0, 0.0, fov_deg=PANEL_VIEW_FOV_DEG, locked=True)
+            if self.scripted_head:
+                self.head = np.eye(3)
+        yaw = yaw_pitch_roll(self.head)[0] if self.tracked else 0.0
         t0 = self.clock.now()
-        panel = Panel(step, shown_at_s=t0, yaw_deg=yaw, eye_position=self.head_position)
-        scripted: list[InputEvent] = []
-        answer_at = None
-        if self.driver is not None:
-            value, duration_s = self.driver.response(self.engine.participant_code, step)
-            answer_at = t0 + duration_s
-            scripted = ([InputEvent("key", str(value))] if value is not None else []) + [InputEvent("key", "enter")]
+        panel = Panel(content, shown_at_s=t0, yaw_deg=yaw, eye_position=self.head_position, fonts=self.fonts)
+        events_at = None
+        if scripted is not None:
+            make_events, delay = scripted
+            events_at = t0 + delay
         while True:
             now = self.clock.now()
+            if until is not None and until():
+                return None, t0, now
             events: tuple[InputEvent, ...] = ()
-            if answer_at is not None and now >= answer_at:
-                # sent again every frame until the panel takes them (a break may need one more frame)
-                events = tuple(scripted)
-            user = self._frame(Frame(stimulus=None, fade=1.0, panel=panel.quad(now), head=self._scripted_head(None, 0.0)))
+            if events_at is not None and now >= events_at:
+                # sent again every frame until the panel takes them (pages, a break's minimum)
+                events = tuple(make_events(panel))
+            user = self._frame(Frame(stimulus=None, fade=1.0, panel=panel.quad(now),
+                                     head=self.head if self.scripted_head else None))
             panel.hover(user.pointer)
             for event in user.events + events:
                 result, changed = panel.handle(event, now)
                 if changed:
                     self.backend.tick()
                 if result is not None:
-                    shown_at = self.clock.utc(t0)
-                    return self.engine.submit(
-                        step.key, result.value, shown_at=shown_at, answered_at=shown_at + timedelta(seconds=now - t0)
-                    )
+                    return result, t0, now
+
+    def _scripted_events(self, step):
+        """(events for the panel, seconds to wait) of the scripted participant, or None without one."""
+        if self.driver is None:
+            return None
+        value, duration = self.driver.response(self.engine.participant_code, step) if step is not None else (None, 1.0)
+        if step is not None and step.kind == "consent":
+            target = "agree" if value == 1 else "decline"
+            return (lambda panel: [InputEvent("key", "enter"), InputEvent("click", ray=panel.ray_to(target))]), duration
+        keys = ([InputEvent("key", str(value))] if value is not None else []) + [InputEvent("key", "enter")]
+        return (lambda panel: keys), duration
+
+    def _panel(self, step):
+        self._step = step
+        content = content_for_step(step, self.protocol)
+        while True:
+            try:
+                result, t0, t1 = self._show(content, scripted=self._scripted_events(step))
+                break
+            except _Pause:
+                self._paused()
+            except _StopAsked:
+                self._ask_stop()
+        value = {"agree": 1, "decline": 0}.get(result.action, result.value)
+        shown_at = self.clock.utc(t0)
+        following = self.engine.submit(step.key, value, shown_at=shown_at, answered_at=shown_at + timedelta(seconds=t1 - t0))
+        if value is not None:
+            committed = datetime.now().strftime("%H:%M:%S")
+            given = {1: "agreed", 0: "declined"}[value] if step.kind == "consent" else value
+            self._last_answer = f"Last answer: {step.key} = {given} · committed to the study database at {committed} ✓"
+        return following
+
+    def _message(self, kind: str, *, until=None, delay_s: float = SCRIPTED_MESSAGE_S):
+        scripted = None
+        if self.driver is not None and until is None:
+            scripted = ((lambda panel: [InputEvent("key", "enter")]), delay_s)
+        return self._show(message_content(kind, self.protocol), scripted=scripted, until=until)
+
+    def _paused(self) -> None:
+        """The paused panel until the experimenter resumes, then the participant's "ready?"."""
+        self._wait_paused()
+        self._ready()
+
+    def _wait_paused(self) -> None:
+        self.mode, self._resume_requested = "paused", False
+        self._record("paused", {})
+        scripted_resume = self.driver is not None and self.console is None
+        start = self.clock.now()
+        # a scripted session without a console (tests) resumes by itself
+        self._message("paused", until=lambda: self._resume_requested
+                      or (scripted_resume and self.clock.now() - start > 4 * SCRIPTED_MESSAGE_S))
+        self._record("resumed_after_pause", {"paused_s": round(self.clock.now() - start, 3)})
+        self.mode = "running"
+
+    def _ready(self) -> None:
+        while True:
+            self.mode = "ready"
+            try:
+                self._message("ready")
+                self._record("ready_confirmed", {}, "the participant is ready")
+                self.mode = "running"
+                return
+            except _Pause:
+                self._wait_paused()
+            except _StopAsked:
+                self._ask_stop()
+
+    def _ask_stop(self) -> None:
+        """Escape: the participant's window asks; Stop ends the run (resumable), Go on returns."""
+        previous, self.mode = self.mode, "asking"
+        self._record("stop_asked", {}, "Escape in the participant's window: asking")
+        result, _, _ = self._show(message_content("stop", self.protocol))
+        self.mode = previous if previous != "asking" else "running"
+        if result.action == "stop":
+            self._record("stop_confirmed", {}, "stop confirmed in the participant's window")
+            raise _Stopped("stopped with Escape in the participant's window")
+        self._record("stop_cancelled", {}, "the session goes on")
+
+    def _end(self) -> None:
+        self.mode, self._finish_requested = "complete", False
+        self._step = None
+        scripted = ((lambda panel: [InputEvent("key", "enter")]), SCRIPTED_MESSAGE_S) if self.driver is not None else None
+        while True:
+            try:
+                self._show(message_content("end", self.protocol), scripted=scripted, until=lambda: self._finish_requested)
+                return
+            except _StopAsked:
+                return   # Escape on the thank-you panel simply closes it
+
+    # -- the run -----------------------------------------------------------------------------------------
 
     def run(self, on_step=None) -> SessionSummary:
         submitted = 0
         step = self.engine.current()
+        self._step = step
         described = self.backend.describe()
         if described:
             self.engine.record_event("backend", {"backend": self.backend.name, **described})
         self._prepare(step)
+        reason = None
         try:
             # one grey frame first, so the first panel knows where the head is
-            self._frame(Frame(stimulus=None, fade=1.0, head=self._scripted_head(None, 0.0)))
+            self._frame(Frame(stimulus=None, fade=1.0, head=self.head if self.scripted_head else None))
+            if self.resumed and step.kind != "done" and self.engine.progress()[0] > 0:
+                self._ready()
             while step.kind != "done":
+                self._step, self._step_progress = step, self.engine.progress()
                 step = self._stimulus(step) if step.kind == "stimulus" else self._panel(step)
                 submitted += 1
                 if on_step is not None:
                     on_step(step)
-        except _Interrupted as stop:
-            reason = str(stop)
-            self.engine.record_event("interrupted", {"at_step": step.key, "backend": self.backend.name, "reason": reason})
-            return SessionSummary(submitted, False, self.frames, interrupted=reason)
-        return SessionSummary(submitted, step.kind == "done", self.frames)
+            if self.engine.status == "completed":
+                self._end()
+        except _Stopped as stop:
+            reason = stop.reason
+            if stop.withdrawn and self.engine.status not in ("completed", "withdrawn", "declined"):
+                self.engine.withdraw(stop.reason)
+        except KeyboardInterrupt:
+            reason = "interrupted from the terminal (Ctrl-C)"
+        if reason is not None:
+            self.engine.record_event("interrupted", {"at_step": self.engine.current().key, "backend": self.backend.name,
+                                                     "reason": reason, "station": self.station})
+        return SessionSummary(submitted, self.engine.current().kind == "done" and self.engine.status == "completed",
+                              self.frames, reason, self.engine.status)
+
+
+def _short(path: str) -> str:
+    """A stimulus as its scene folder and file name."""
+    parts = path.replace("\\", "/").split("/")
+    return "/".join(parts[-2:])
+
+
+def describe_step(step) -> str:
+    """A step in a few words, for the experimenter."""
+    if step.kind in ("stimulus", "rating"):
+        kind = "training" if step.training else "test"
+        what = "stimulus" if step.kind == "stimulus" else "question " + " ".join(step.key.split("/")[2:])
+        return f"trial {step.trial_index} ({kind}): {what}"
+    if step.kind == "ssq":
+        _, phase, number = step.key.split("/")
+        return f"SSQ {'before' if phase == 'pre' else 'after'} the trials, item {number} of {step.item_count}"
+    if step.kind == "break":
+        return f"break before trial {step.trial_index} (at least {step.min_duration_s:g} s)"
+    if step.kind == "instructions":
+        return "training instructions" if step.key.startswith("training") else "instructions"
+    return {"consent": "consent", "done": "done"}.get(step.kind, step.kind)
 
 
 def run_session(engine, backend: str | Backend, *, driver: SessionDriver | None = None, frame_hz: float = 30.0,
-                preload: int = 2, on_step=None) -> SessionSummary:
-    """Runs (or continues) a participant's session until it is done or the operator quits.
+                preload: int = 2, on_step=None, console: bool = False, resumed: bool = False,
+                station: str | None = None, fonts=None) -> SessionSummary:
+    """Runs (or continues) a participant's session until it is done, stopped or aborted.
 
     Parameters
     ----------
     engine : study.engine.SessionEngine
-        Driven only through ``current``, ``submit``, ``upcoming_stimuli``, ``record_poses`` and
-        ``record_event``.
+        Driven only through ``current``, ``submit``, ``upcoming_stimuli``, ``record_poses``,
+        ``record_event`` and its controls (``request_break``, ``withdraw``, ``flag_trial``).
     backend : str or Backend
         A registered name ("headless", "desktop", "openvr", "openxr") or a backend instance (not yet opened).
     driver : SessionDriver, optional
@@ -285,6 +686,14 @@ def run_session(engine, backend: str | Backend, *, driver: SessionDriver | None 
         is due, stalling the display (a baseline for benchmarks).
     on_step : callable, optional
         Called with every next step after a submit (progress display).
+    console : bool
+        Open the experimenter's console window (its own process).
+    resumed : bool
+        The run continues a session: a "ready?" panel comes first.
+    station : str, optional
+        The station's name, for the console and the events.
+    fonts : viewer.text.FontChain, optional
+        The panel fonts (checked against the protocol before the run).
 
     Raises
     ------
@@ -300,5 +709,18 @@ def run_session(engine, backend: str | Backend, *, driver: SessionDriver | None 
         backend = cls()
     elif not backend.capabilities.paced and driver is None:
         raise SessionError(f"backend {backend.name!r} has nobody to answer; pass a scripted driver")
-    with backend:
-        return SessionRunner(engine, backend, driver=driver, frame_hz=frame_hz, preload=preload).run(on_step)
+    link = None
+    if console:
+        from viewer.console_link import ConsoleLink
+
+        link = ConsoleLink()
+        link.start()
+    try:
+        with backend:
+            runner = SessionRunner(engine, backend, driver=driver, frame_hz=frame_hz, preload=preload, console=link,
+                                   fonts=fonts, resumed=resumed, station=station)
+            return runner.run(on_step)
+    finally:
+        if link is not None:
+            backend.mirror = None
+            link.close()

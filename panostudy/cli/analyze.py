@@ -74,17 +74,27 @@ def _check_numbers(frame, path: Path, option: str, first_row: int) -> None:
 
 
 def _load_db(db: str):
-    """Answers, SSQ, poses and the study context (protocol, participants, sessions, stimuli) of a database."""
+    """Answers, SSQ, poses and the study context (protocol, participants, sessions, stimuli, flagged trials) of a
+    database."""
     url = db if "://" in db else None
     if url is None and not Path(db).is_file():
         raise AnalysisError(f"--db {db}: no such database file; give the SQLite file of 'panostudy study init' or a URL")
     from analysis.report import StudyContext
-    from study.export import load_answers, load_participants, load_poses, load_sessions, load_ssq, load_stimuli
+    from study.export import (
+        load_answers,
+        load_flagged_trials,
+        load_participants,
+        load_poses,
+        load_sessions,
+        load_ssq,
+        load_stimuli,
+    )
     from study.store import open_study
 
     with open_study(url or Path(db)) as study:
         context = StudyContext(protocol=study.protocol, participants=load_participants(study),
-                               sessions=load_sessions(study), stimuli=load_stimuli(study), source=study.url)
+                               sessions=load_sessions(study), stimuli=load_stimuli(study),
+                               flagged_trials=load_flagged_trials(study), source=study.shown_url)
         return load_answers(study), load_ssq(study), load_poses(study), context
 
 
@@ -112,7 +122,8 @@ def _load_export(folder: Path):
     protocol = (parse_protocol(protocol_file.read_text(encoding="utf-8"), source=str(protocol_file), check_files=False)
                 if protocol_file.is_file() else None)
     context = StudyContext(protocol=protocol, participants=table("participants"), sessions=table("sessions"),
-                           stimuli=table("stimuli"), source=f"export folder {folder}")
+                           stimuli=table("stimuli"), flagged_trials=table("flagged_trials"),
+                           source=f"export folder {folder}")
     return answers, table("ssq"), table("poses"), context, root
 
 
@@ -140,6 +151,10 @@ def register(app: typer.Typer) -> None:
         protocol: Annotated[
             Optional[Path], typer.Option("--protocol", help="With --answers: the protocol TOML (wording, name, SHA-256).")
         ] = None,
+        exclude_flagged: Annotated[
+            bool, typer.Option("--exclude-flagged", help="Leave out the answers of flagged trials (pose rate below 95 %, "
+                               "stimulus interrupted); by default they are analysed and listed.")
+        ] = False,
     ) -> None:
         """Analyse the ratings: Table 1 with CIs, screening, mixed models, reliability, SSQ and an HTML report."""
         from analysis.report import StudyContext
@@ -150,6 +165,8 @@ def register(app: typer.Typer) -> None:
                                 "(exported .csv/.parquet)")
         if answers is None and (ssq is not None or poses is not None or protocol is not None):
             raise AnalysisError("--ssq, --poses and --protocol go with --answers; --db and --export hold them already")
+        if exclude_flagged and answers is not None:
+            raise AnalysisError("--exclude-flagged needs the flagged trials: use --db or --export (an answers file lacks them)")
 
         # 2. Load.
         root = Path.cwd()
@@ -175,7 +192,7 @@ def register(app: typer.Typer) -> None:
 
         # 3. Analyse, write and tell the user what came out.
         analyse_and_report(answer_frame, ssq_frame, pose_frame, screening=screening.value, out=out, root=root,
-                           context=context)
+                           context=context, exclude_flagged=exclude_flagged)
 
 
 def report_study(db: Path, *, screening: str, out: Path) -> Path:
@@ -185,7 +202,8 @@ def report_study(db: Path, *, screening: str, out: Path) -> Path:
                               context=context)
 
 
-def analyse_and_report(answers, ssq, poses, *, screening: str, out: Path, root: Path, context=None) -> Path:
+def analyse_and_report(answers, ssq, poses, *, screening: str, out: Path, root: Path, context=None,
+                       exclude_flagged: bool = False) -> Path:
     """Runs the analysis with a progress bar, writes the report, prints Table 1; returns the HTML file."""
     from rich.progress import BarColumn, Progress, TextColumn
 
@@ -205,7 +223,8 @@ def analyse_and_report(answers, ssq, poses, *, screening: str, out: Path, root: 
             seen.append(name)
             progress.update(task, description=name)
 
-        result = run_analysis(answers, ssq=ssq, poses=poses, screening=screening, context=context, progress=advance)
+        result = run_analysis(answers, ssq=ssq, poses=poses, screening=screening, context=context,
+                              exclude_flagged=exclude_flagged, progress=advance)
         files = write_report(result, out, thumbnails=stimulus_thumbnails(result.answers, root=root), progress=advance)
         progress.advance(task)
 

@@ -1,7 +1,14 @@
-"""`panostudy session ...`: run, resume or withdraw one participant's session."""
+"""`panostudy session ...`: run, resume or withdraw one participant's session.
+
+Exit codes: 0 the session ran to its end, 2 bad input (nothing written), 3 the run was interrupted and
+can be resumed (the exact ``session resume`` command is printed), 4 the session ended without
+completing: the participant withdrew or declined consent.
+"""
 
 from __future__ import annotations
 
+import shlex
+import socket
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -9,6 +16,9 @@ import typer
 
 from panostudy.cli._console import console
 from panostudy.cli.study_cmd import DbOption
+
+EXIT_INTERRUPTED = 3
+EXIT_ENDED = 4
 
 ParticipantOption = Annotated[str, typer.Option("--participant", help="The participant's pseudonymous code.")]
 BackendOption = Annotated[
@@ -23,6 +33,20 @@ DriverOption = Annotated[
 ]
 SimulateOption = Annotated[Optional[int], typer.Option("--simulate", help="Answer with the seeded rater model of this seed.")]
 PaceOption = Annotated[float, typer.Option("--pace", help="Real seconds to wait before each scripted step.")]
+StationOption = Annotated[
+    Optional[str],
+    typer.Option("--station", help="Name of this machine, recorded with the session (default: the host name)."),
+]
+SessionNumberOption = Annotated[
+    Optional[int],
+    typer.Option("--session", help="Which of the participant's sessions, from 1 (default: run the next due one, "
+                                   "resume the open one)."),
+]
+FullscreenOption = Annotated[bool, typer.Option("--fullscreen", help="Desktop backend: fill the primary screen.")]
+ConsoleOption = Annotated[
+    bool,
+    typer.Option("--console/--no-console", help="Open the experimenter's console window (desktop and headset backends)."),
+]
 
 BACKENDS = ("openxr", "openvr", "desktop", "headless", "none")
 
@@ -60,7 +84,33 @@ def _check_backend(backend: str, scripted) -> None:
             raise BackendUnavailable(backend, reason)
 
 
-def _drive(engine, backend: str, scripted) -> None:
+def _station(station: str | None) -> str:
+    from study.errors import PanostudyError
+    from study.store import STATION_NAME, check_station
+
+    if station is not None:
+        return check_station(station)
+    host = socket.gethostname().split(".")[0]
+    if not STATION_NAME.fullmatch(host):
+        raise PanostudyError(f"the host name {host!r} is not a station name; pass --station NAME "
+                             "(letters, digits, '.', '_' or '-')")
+    return host
+
+
+def _backend(backend: str, protocol, fullscreen: bool):
+    from viewer.backends.base import backend_class
+
+    if backend == "desktop":
+        from viewer.backends.desktop import DesktopBackend
+
+        width, height = protocol.view.window
+        return DesktopBackend(width, height, fov_deg=protocol.view.fov_deg, fullscreen=fullscreen,
+                              title=f"panostudy – {protocol.name}")
+    return backend_class(backend)()
+
+
+def _drive(engine, backend: str, scripted, *, resumed: bool, station: str, fullscreen: bool, with_console: bool,
+           fonts) -> object | None:
     if backend == "none":
         from rich.progress import Progress
 
@@ -68,35 +118,71 @@ def _drive(engine, backend: str, scripted) -> None:
             done, total = engine.progress()
             task = progress.add_task(f"session of {engine.participant_code}", completed=done, total=total)
             scripted.run(engine, on_step=lambda step: progress.update(task, completed=engine.progress()[0]))
-    else:
-        from viewer.session_runner import run_session
+        return None
+    from viewer.session_runner import run_session
 
-        summary = run_session(engine, backend, driver=scripted)
-        if summary.interrupted:
-            done, total = engine.progress()
-            console.print(f"session of {engine.participant_code} interrupted after {done} of {total} steps: "
-                          f"{summary.interrupted}; nothing is lost, continue with 'panostudy session resume'", soft_wrap=True)
-            return
+    instance = _backend(backend, engine.protocol, fullscreen)
+    interactive = instance.capabilities.paced and not instance.capabilities.returns_pixels
+    if with_console and interactive:
+        console.print("the experimenter's console opens in its own window: Pause (P), Resume (R), Break now (B), "
+                      "Abort (A)", soft_wrap=True)
+    return run_session(engine, instance, driver=scripted, console=with_console and interactive, resumed=resumed,
+                       station=station, fonts=fonts)
+
+
+def _report(engine, summary, db: str, participant: str, backend: str) -> None:
     done, total = engine.progress()
-    console.print(f"session of {engine.participant_code}: {engine.status}, {done} of {total} steps done")
+    what = f"session {engine.number} of {engine.sessions_in_protocol()} of participant {participant}"
+    if engine.status == "declined":
+        console.print(f"{what}: consent declined; nothing but that was recorded")
+        raise typer.Exit(EXIT_ENDED)
+    if engine.status == "withdrawn":
+        reason = f" ({summary.interrupted})" if summary is not None and summary.interrupted else ""
+        console.print(f"{what}: withdrawn{reason} at step {done + 1} of {total}; what was recorded is kept")
+        raise typer.Exit(EXIT_ENDED)
+    if engine.status == "completed":
+        console.print(f"{what}: completed, {done} of {total} steps done")
+        if engine.number < engine.sessions_in_protocol():
+            console.print(f"the next session: panostudy session run --db {shlex.quote(db)} --participant {participant}",
+                          soft_wrap=True)
+        return
+    reason = f": {summary.interrupted}" if summary is not None and summary.interrupted else ""
+    console.print(f"{what}: interrupted at step {done + 1} of {total} ('{engine.current().key}'){reason}", soft_wrap=True)
+    console.print(f"resume it with: panostudy session resume --db {shlex.quote(db)} --participant {participant} "
+                  f"--backend {backend}", soft_wrap=True)
+    raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def _run_or_resume(mode: Literal["run", "resume"], db, participant, backend, driver, simulate, pace) -> None:
+def _run_or_resume(mode: Literal["run", "resume"], db, participant, backend, driver, simulate, pace, *,
+                   station=None, number=None, fullscreen=False, with_console=True) -> None:
     from study.engine import SessionEngine
     from study.store import open_study
 
     # The answer file is read before the session is planned, so a bad file writes nothing.
     scripted = _scripted_driver(driver, simulate, pace)
     _check_backend(backend, scripted)
+    station = _station(station)
     with open_study(db) as study:
         if scripted is not None:
             scripted.check(study.protocol)
-        engine = SessionEngine.start(study, participant) if mode == "run" else SessionEngine.resume(study, participant)
+        fonts = None
+        if backend != "none":
+            from viewer.panel import check_protocol
+
+            # this station's fonts must draw every text: checked before anything is written
+            fonts = check_protocol(study.protocol, f"{study.shown_url} (its stored protocol)")
+        if mode == "run":
+            engine = SessionEngine.start(study, participant, station=station, number=number)
+        else:
+            engine = SessionEngine.resume(study, participant, number, station=station)
         if scripted is not None:
             # Exports and reports say who answered; a report built from simulated ratings carries a banner.
             source = {"source": "simulated", "seed": simulate} if simulate is not None else {"source": "replayed", "file": str(driver)}
             engine.record_event("answers_source", source)
-        _drive(engine, backend, scripted)
+        summary = _drive(engine, backend, scripted, resumed=mode == "resume", station=station, fullscreen=fullscreen,
+                         with_console=with_console, fonts=fonts)
+        # the commands printed name the database as messages do: a password never shows
+        _report(engine, summary, study.shown_url, participant, backend)
 
 
 @session_app.command("run")
@@ -107,9 +193,14 @@ def run(
     driver: DriverOption = None,
     simulate: SimulateOption = None,
     pace: PaceOption = 0.0,
+    station: StationOption = None,
+    session: SessionNumberOption = None,
+    fullscreen: FullscreenOption = False,
+    with_console: ConsoleOption = True,
 ) -> None:
-    """Plan a participant's session (the full trial order is stored first) and run it."""
-    _run_or_resume("run", db, participant, backend, driver, simulate, pace)
+    """Plan the participant's next due session (its full trial order is stored first) and run it."""
+    _run_or_resume("run", db, participant, backend, driver, simulate, pace, station=station, number=session,
+                   fullscreen=fullscreen, with_console=with_console)
 
 
 @session_app.command("resume")
@@ -120,9 +211,14 @@ def resume(
     driver: DriverOption = None,
     simulate: SimulateOption = None,
     pace: PaceOption = 0.0,
+    station: StationOption = None,
+    session: SessionNumberOption = None,
+    fullscreen: FullscreenOption = False,
+    with_console: ConsoleOption = True,
 ) -> None:
-    """Continue a session at its first unanswered step (after a crash or a pause)."""
-    _run_or_resume("resume", db, participant, backend, driver, simulate, pace)
+    """Continue the participant's open session at its first unanswered step (after a stop or a crash)."""
+    _run_or_resume("resume", db, participant, backend, driver, simulate, pace, station=station, number=session,
+                   fullscreen=fullscreen, with_console=with_console)
 
 
 @session_app.command("withdraw")
@@ -130,16 +226,17 @@ def withdraw(
     db: DbOption,
     participant: ParticipantOption,
     reason: Annotated[str, typer.Option("--reason", help="Why the session stopped (kept in the event log).")] = "participant withdrew",
+    session: SessionNumberOption = None,
 ) -> None:
     """Mark a session withdrawn; what was recorded is kept (use 'study delete-participant' to erase it)."""
     from study.engine import SessionEngine
     from study.store import open_study
 
     with open_study(db) as study:
-        engine = SessionEngine.load(study, participant)
+        engine = SessionEngine.load(study, participant, session)
         step = engine.current().key
         engine.withdraw(reason)
-    console.print(f"session of {participant} withdrawn at step '{step}'; its data is kept")
+    console.print(f"session {engine.number} of {participant} withdrawn at step '{step}'; its data is kept")
 
 
 def register(app: typer.Typer) -> None:

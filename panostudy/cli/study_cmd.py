@@ -29,10 +29,14 @@ def init(
     ] = None,
 ) -> None:
     """Create a study database for a protocol (and import the protocol's training panoramas)."""
-    from study.protocol import DEFAULT_PROTOCOL
+    from study.protocol import DEFAULT_PROTOCOL, load_protocol
     from study.store import create_study
+    from viewer.panel import check_protocol
 
-    with create_study(db, protocol if protocol is not None else DEFAULT_PROTOCOL) as study:
+    path = protocol if protocol is not None else DEFAULT_PROTOCOL
+    # every text must be drawable and fit its panel before the study exists
+    check_protocol(load_protocol(path), str(path))
+    with create_study(db, path) as study:
         loaded = study.protocol
         console.print(
             f"created study [bold]{loaded.name}[/] ({loaded.version}, protocol sha256 {loaded.sha256[:12]}) in {study.shown_url}",
@@ -64,6 +68,18 @@ def import_stimuli(
         )
     scenes = ", ".join(f"{name}: {count}" for name, count in sorted(report.per_scene.items())) or "none"
     console.print(f"imported {report.added} stimuli ({scenes}); {report.already_present} were already in the study")
+
+
+@study_app.command("migrate")
+def migrate(db: DbOption) -> None:
+    """Bring a study database of an older schema version to this panostudy's (a copy of the old file is kept)."""
+    from study.database import database_url, shown
+    from study.models import SCHEMA_VERSION
+    from study.store import migrate_study
+
+    old, backup = migrate_study(db)
+    kept = f"; the version-{old} file is kept as {backup}" if backup is not None else ""
+    console.print(f"migrated {shown(database_url(db))} from schema version {old} to {SCHEMA_VERSION}{kept}", soft_wrap=True)
 
 
 @study_app.command("add-participant")
@@ -118,7 +134,10 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="A folder (created) for the whole package: CSV tables, codebook.md, "
                                       "datapackage.json, protocol.toml; or one answers file .csv/.parquet/.sav/.xlsx.")],
     ssq: Annotated[Optional[Path], typer.Option("--ssq", help="With a file --out: also write SSQ answers to this file.")] = None,
-    poses: Annotated[Optional[Path], typer.Option("--poses", help="With a file --out: also write head poses to this file.")] = None,
+    poses: Annotated[Optional[Path], typer.Option(
+        "--poses", help="With a file --out: also write head poses to this file (those of interrupted showings marked).")] = None,
+    flags: Annotated[Optional[Path], typer.Option(
+        "--flags", help="With a file --out: also write the flagged trials (low pose rate, interrupted stimulus).")] = None,
     parquet: Annotated[bool, typer.Option("--parquet", help="Package: every table as Parquet too.")] = False,
     spss: Annotated[bool, typer.Option("--spss", help="Package: SPSS .sav files with the protocol's wording as labels.")] = False,
     xlsx: Annotated[bool, typer.Option("--xlsx", help="Package: one Excel workbook (every table but the poses).")] = False,
@@ -130,13 +149,23 @@ def export(
 ) -> None:
     """Export the study: a documented package for R, Python and SPSS, or the answers alone in long format."""
     from study.errors import PanostudyError
-    from study.export import check_output_path, codebook_for_file, export_study, frame_writer, load_answers, load_poses, load_ssq
+    from study.export import (
+        check_output_path,
+        codebook_for_file,
+        export_study,
+        frame_writer,
+        load_answers,
+        load_flagged_trials,
+        load_poses,
+        load_ssq,
+    )
     from study.outputs import check_distinct, write_all
     from study.store import open_study
 
     if not out.suffix:
-        if ssq is not None or poses is not None:
-            raise PanostudyError("--ssq and --poses name files for a single-file export; a package folder holds them already")
+        if ssq is not None or poses is not None or flags is not None:
+            raise PanostudyError("--ssq, --poses and --flags name files for a single-file export; a package folder holds "
+                                 "them already")
         with open_study(db) as study:
             files = export_study(study, out, parquet=parquet, spss=spss, xlsx=xlsx, poses=not no_poses,
                                  stimulus_root=stimulus_root)
@@ -144,7 +173,8 @@ def export(
         return
     if parquet or spss or xlsx or no_poses:
         raise PanostudyError("--parquet, --spss, --xlsx and --no-poses go with a package folder --out (no suffix)")
-    outputs = [(option, path) for option, path in (("--out", out), ("--ssq", ssq), ("--poses", poses)) if path is not None]
+    outputs = [(option, path) for option, path in (("--out", out), ("--ssq", ssq), ("--poses", poses), ("--flags", flags))
+               if path is not None]
     suffixes = {option: check_output_path(path, option) for option, path in outputs}
     codebooks = [(option, path.with_name(path.stem + ".codebook.md")) for option, path in outputs]
     check_distinct(outputs + codebooks)
@@ -153,7 +183,9 @@ def export(
         if ssq is not None:
             frames.append(("ssq", "--ssq", ssq, load_ssq(study)))
         if poses is not None:
-            frames.append(("poses", "--poses", poses, load_poses(study, stimulus_root=stimulus_root)))
+            frames.append(("poses", "--poses", poses, load_poses(study, stimulus_root=stimulus_root, interrupted=True)))
+        if flags is not None:
+            frames.append(("flagged_trials", "--flags", flags, load_flagged_trials(study)))
     # All files or none: a failure writing the last one leaves the earlier ones unwritten too.
     writes = []
     for table, option, path, frame in frames:
@@ -171,7 +203,7 @@ def info(db: DbOption) -> None:
     import sqlalchemy as sa
     from rich.table import Table
 
-    from study.models import Participant, Stimulus
+    from study.models import SESSION_STATUSES, Participant, Stimulus
     from study.store import open_study, session_status_counts
 
     with open_study(db) as study:
@@ -190,7 +222,7 @@ def info(db: DbOption) -> None:
         counts = {training: n for name, training, n in stimuli if name == scene}
         table.add_row(scene, str(counts.get(False, 0)), str(counts.get(True, 0)))
     console.print(table)
-    status = ", ".join(f"{name} {sessions.get(name, 0)}" for name in ("planned", "running", "completed", "withdrawn"))
+    status = ", ".join(f"{name} {sessions.get(name, 0)}" for name in SESSION_STATUSES)
     console.print(f"participants: {participants} of {protocol.participants} planned; sessions: {status}")
 
 

@@ -1,59 +1,17 @@
-"""Pose sampling at the protocol rate and the equirect viewing heat map."""
+"""The pose rate's limits and the equirect viewing heat map (sampling itself: tests/viewer/test_pose_rate.py)."""
 
 import numpy as np
 import pytest
 
 from study.errors import AnalysisError, ProtocolError
-from viewer.camera import view_rotation
 from analysis.heatmap import viewing_heatmap
-from viewer.pose import PoseLogger
-
-
-class RecordingEngine:
-    def __init__(self):
-        self.batches = []
-
-    def record_poses(self, trial_index, samples):
-        self.batches.append((trial_index, list(samples)))
-
-
-@pytest.mark.parametrize("frame_hz, rate_hz", [(90, 30), (90, 90), (72, 30), (30, 30)])
-def test_samples_follow_the_protocol_rate_whatever_the_frame_rate(frame_hz, rate_hz):
-    logger = PoseLogger(rate_hz)
-    rng = np.random.default_rng(1)
-    t = 0.0
-    while t < 2.0:
-        logger.offer(t, view_rotation(40.0 * t, 10.0, 0.0))
-        t += (1.0 / frame_hz) * rng.uniform(0.9, 1.1)      # jittery frames
-    expected = 2.0 * rate_hz
-    assert len(logger.samples) <= expected + 1
-    # a frame can take only one sample: at the frame rate itself, late frames cost a few grid points
-    assert len(logger.samples) >= (expected - 1 if frame_hz >= 2 * rate_hz else 0.85 * expected)
-    times = np.array([s[0] for s in logger.samples])
-    assert (np.diff(times) > 0).all()
-    # each sample's angles are the head's at that time
-    yaw, pitch, roll = np.array([s[1:4] for s in logger.samples]).T
-    np.testing.assert_allclose(yaw, 40.0 * times, atol=1e-9)
-    np.testing.assert_allclose(pitch, 10.0, atol=1e-9)
-    np.testing.assert_allclose(roll, 0.0, atol=1e-9)
-
-
-def test_samples_go_to_the_engine_in_one_batch_and_the_logger_restarts():
-    logger, engine = PoseLogger(30), RecordingEngine()
-    for frame in range(45):
-        logger.offer(frame / 90, np.eye(3))
-    assert logger.flush(engine, trial_index=7) == 15
-    assert len(engine.batches) == 1 and engine.batches[0][0] == 7 and len(engine.batches[0][1]) == 15
-    logger.reset()
-    logger.offer(0.0, np.eye(3))
-    assert logger.samples[0][0] == 0.0
-    assert logger.flush(RecordingEngine(), 8) == 1
+from viewer.pose import check_rate
 
 
 @pytest.mark.parametrize("rate", [0, -5, 91, float("nan")])
 def test_rate_must_be_positive_and_at_most_90_hz(rate):
     with pytest.raises(ProtocolError, match="pose_rate_hz"):
-        PoseLogger(rate)
+        check_rate(rate)
 
 
 def test_heatmap_peaks_where_people_looked_and_sums_to_one():

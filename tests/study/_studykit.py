@@ -22,7 +22,8 @@ SSQ_ITEMS = [
 ]
 
 
-def protocol_toml(*, breaks: str = "every_trials = 2", exposure_s: float = 5.0, pose_rate_hz: float = 10.0) -> str:
+def protocol_toml(*, breaks: str = "every_trials = 2", exposure_s: float = 5.0, pose_rate_hz: float = 10.0,
+                  ssq: bool = True, min_break_s: float = 30.0) -> str:
     """A small protocol: two scenes, ACR (1 item) and VAR (2 items), one training panorama ``train.png``."""
     ssq_items = ", ".join(f'"{name}"' for name in SSQ_ITEMS)
     return f"""
@@ -42,12 +43,12 @@ instructions = "Practice first."
 
 [breaks]
 {breaks}
-min_duration_s = 30.0
+min_duration_s = {min_break_s}
 text = "Rest a moment."
 
 [ssq]
-before = true
-after = true
+before = {str(ssq).lower()}
+after = {str(ssq).lower()}
 question = "How much does each symptom affect you now?"
 items = [{ssq_items}]
 labels = {{ 0 = "None", 1 = "Slight", 2 = "Moderate", 3 = "Severe" }}

@@ -95,7 +95,7 @@ def test_resume_withdraw_and_delete(study):
     assert invoke("session", "run", "--db", study, "--participant", "P02", "--backend", "none", "--simulate", 1).exit_code == 0
     one_line_error(invoke("session", "withdraw", "--db", study, "--participant", "P02"), "already completed")
     one_line_error(invoke("session", "run", "--db", study, "--participant", "P02", "--backend", "none", "--simulate", 1),
-                   "already has a session", "session resume")
+                   "has done all 1 session(s)")
     one_line_error(invoke("study", "delete-participant", "--db", study, "--code", "P02"), "--yes")
     assert count(study, Participant) == 2
     assert invoke("study", "delete-participant", "--db", study, "--code", "P02", "--yes").exit_code == 0
@@ -161,3 +161,37 @@ def test_an_unusable_backend_is_refused_before_the_session_is_planned(study, mon
     result = invoke("session", "run", "--db", str(study), "--participant", "P01", "--backend", "openvr")
     one_line_error(result, "openvr", "no HMD detected")
     assert count(study, StudySession) == 0
+
+
+def test_bad_session_input_exits_2_and_writes_nothing(study, tmp_path):
+    base = ("session", "run", "--db", study, "--participant", "P01", "--backend", "none", "--simulate", 1)
+    one_line_error(invoke(*base, "--station", "lab 2;rm"), "--station 'lab 2;rm' is not a station name")
+    one_line_error(invoke(*base, "--session", 3), "--session 3", "defines session(s) 1..1")
+    assert count(study, StudySession) == 0
+    one_line_error(invoke("session", "resume", "--db", study, "--participant", "P01", "--backend", "none",
+                          "--simulate", 1, "--session", 2), "--session 2")
+    assert invoke(*base, "--station", "lab-2.a").exit_code == 0
+    one_line_error(invoke("session", "withdraw", "--db", study, "--participant", "P01", "--session", 5), "--session 5")
+
+
+def test_a_protocol_with_a_character_no_font_has_is_refused_at_init(tmp_path):
+    protocol = write_protocol(tmp_path)
+    protocol.write_text(protocol.read_text(encoding="utf-8").replace("Rest a moment.", "พักสักครู่"), encoding="utf-8")
+    db = tmp_path / "new.sqlite"
+    one_line_error(invoke("study", "init", "--db", db, "--protocol", protocol),
+                   "tiny.toml: breaks.text: character 'พ' (U+0E1E) is in no panel font", "[panel] fonts")
+    assert not db.exists()
+
+
+def test_an_interrupted_run_exits_3_with_the_resume_command_and_migrate_says_what_it_did(study, tmp_path, monkeypatch):
+    from viewer.session_runner import SessionSummary
+
+    def stopped(engine, backend, **options):
+        return SessionSummary(0, False, 0, "stopped with Escape in the participant's window", engine.status)
+
+    monkeypatch.setattr("viewer.session_runner.run_session", stopped)
+    monkeypatch.setattr("viewer.backends.headless.HeadlessBackend.why_not", classmethod(lambda cls: None))
+    result = invoke("session", "run", "--db", study, "--participant", "P01", "--backend", "headless", "--simulate", 1)
+    assert result.exit_code == 3, result.output
+    assert f"resume it with: panostudy session resume --db {study} --participant P01 --backend headless" in result.output
+    one_line_error(invoke("study", "migrate", "--db", study), "already at schema version 2")

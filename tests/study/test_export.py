@@ -13,8 +13,8 @@ from study.driver import RaterModel, ReplayAnswers, ScriptedDriver
 from study.engine import SessionEngine
 from study.errors import PanostudyError, SessionError
 from study.export import (
-    ANSWER_COLUMNS, CODEBOOK, TABLES, export_answers, export_study, load_answers, load_participants, load_poses,
-    load_sessions, load_ssq, load_stimuli, read_answers, read_table,
+    ANSWER_COLUMNS, CODEBOOK, SMALL_TABLES, TABLES, export_answers, export_study, load_answers, load_flagged_trials,
+    load_participants, load_poses, load_sessions, load_ssq, load_stimuli, read_answers, read_table,
 )
 
 
@@ -64,7 +64,8 @@ def test_csv_and_parquet_round_trip_to_the_same_frame(finished, tmp_path):
 
 def test_ssq_and_poses(finished):
     ssq = load_ssq(finished)
-    assert list(ssq.columns) == ["participant", "session", "phase", "item", "item_name", "value"]
+    assert list(ssq.columns) == ["participant", "session", "session_number", "station", "phase", "item", "item_name",
+                            "value"]
     names = dict(zip(ssq["item"], ssq["item_name"]))
     assert names[1] == "General discomfort" and names[14] == "Vertigo" and len(names) == 16
     assert len(ssq) == 2 * 2 * 16 and ssq["value"].between(0, 3).all()
@@ -143,7 +144,7 @@ def test_every_column_of_every_export_has_a_codebook_entry(package):
         assert described[table] == header
         assert all(f"| {column} |" in codebook for column in header)
         assert list(pd.read_parquet(out / f"{table}.parquet").columns) == header
-    for sav in ("answers", "participants", "sessions", "stimuli", "ssq"):
+    for sav in SMALL_TABLES:
         import pyreadstat
 
         _, meta = pyreadstat.read_sav(str(out / f"{sav}.sav"), metadataonly=True)
@@ -159,11 +160,14 @@ def test_tables_load_back_with_their_types(finished, package):
     pd.testing.assert_frame_equal(read_table(out / "sessions.csv", "sessions"), load_sessions(finished))
     pd.testing.assert_frame_equal(read_table(out / "stimuli.csv", "stimuli"), load_stimuli(finished, stimulus_root=root))
     pd.testing.assert_frame_equal(read_table(out / "ssq.csv", "ssq"), load_ssq(finished))
+    pd.testing.assert_frame_equal(read_table(out / "poses.csv", "poses"),
+                                  load_poses(finished, stimulus_root=root, interrupted=True))
+    pd.testing.assert_frame_equal(read_table(out / "flagged_trials.csv", "flagged_trials"), load_flagged_trials(finished))
     sessions = load_sessions(finished)
     assert (sessions["status"] == "completed").all() and (sessions["duration_min"] > 0).all()
     assert (sessions["backend"].isna()).all()  # the scripted driver rendered nothing
     sheets = pd.read_excel(out / "export.xlsx", sheet_name=None)
-    assert set(sheets) == {"answers", "participants", "sessions", "stimuli", "ssq", "codebook"}
+    assert set(sheets) == {*SMALL_TABLES, "codebook"}
     assert len(sheets["answers"]) == len(load_answers(finished)) and sheets["answers"]["value"].dtype == "int64"
 
 

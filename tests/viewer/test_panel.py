@@ -1,4 +1,5 @@
-"""The rating panel: nothing preselected, keys, pointer hit-testing and an explicit confirm."""
+"""The rating panel: nothing preselected, keys, pointer hit-testing and an explicit confirm; the session's
+own panels (consent, stop, ready) and captions from the protocol."""
 
 import math
 
@@ -6,13 +7,22 @@ import numpy as np
 import pytest
 
 from study.engine import Step
+from study.protocol import DEFAULT_PROTOCOL, load_protocol
 from viewer.backends.base import InputEvent, Ray
-from viewer.panel import DISTANCE_M, HEIGHT_M, HEIGHT_PX, WIDTH_M, WIDTH_PX, Panel
+from viewer.panel import DISTANCE_M, HEIGHT_M, HEIGHT_PX, WIDTH_M, WIDTH_PX, content_for_step, message_content
+from viewer.panel import Panel as _Panel
 
+PROTOCOL = load_protocol(DEFAULT_PROTOCOL)
 ACR = Step(
     "rating", "trial/3/ACR/overall", text="Overall quality?",
     labels={1: "Bad", 2: "Poor", 3: "Fair", 4: "Good", 5: "Excellent"}, min_value=1, max_value=5, trial_index=3,
+    item_number=1, item_count=9,
 )
+
+
+def Panel(step, **options):
+    """The panel of an engine step, as the session shows it."""
+    return _Panel(content_for_step(step, PROTOCOL), **options)
 
 
 def key(name):
@@ -32,6 +42,7 @@ def test_nothing_is_preselected_and_enter_alone_does_not_confirm():
     panel = Panel(ACR, shown_at_s=0.0)
     assert panel.selected is None
     assert panel.handle(key("enter"), 1.0) == (None, False)
+    assert panel.layout.header is None            # "question k of n" is off by default
 
 
 def test_digit_keys_select_within_the_scale_and_enter_confirms():
@@ -41,7 +52,7 @@ def test_digit_keys_select_within_the_scale_and_enter_confirms():
     assert panel.handle(key("4"), 0.6) == (None, True)
     assert panel.handle(key("2"), 0.7) == (None, True)       # a change of mind
     result, _ = panel.handle(key("enter"), 0.8)
-    assert result.value == 2
+    assert (result.action, result.value) == ("confirm", 2)
 
 
 def test_arrows_start_at_the_ends_and_stop_there():
@@ -92,13 +103,44 @@ def test_clicks_select_and_confirm_and_hover_highlights():
     assert result.value == 5
 
 
+def test_consent_takes_an_explicit_choice_and_the_stop_panel_asks():
+    consent = _Panel(content_for_step(Step("consent", "consent", text="Do you agree?", min_value=0, max_value=1),
+                                      PROTOCOL), shown_at_s=0.0)
+    assert [b.box.target for b in consent.layout.actions] == ["agree", "decline"]
+    assert consent.handle(key("enter"), 0.1) == (None, False)      # nothing chosen: Enter does nothing
+    assert consent.handle(key("right"), 0.2) == (None, True)       # the arrows pick a button
+    result, _ = consent.handle(key("enter"), 0.3)
+    assert result.action == "agree"
+    declined, _ = consent.handle(InputEvent("click", ray=consent.ray_to("decline")), 0.4)
+    assert declined.action == "decline"
+    stop = _Panel(message_content("stop", PROTOCOL), shown_at_s=0.0)
+    assert stop.content.text == PROTOCOL.captions["stop_question"]
+    result, _ = stop.handle(InputEvent("click", ray=stop.ray_to("go_on")), 0.1)
+    assert result.action == "go_on"
+
+
+def test_captions_and_progress_come_from_the_protocol(tmp_path):
+    text = DEFAULT_PROTOCOL.read_text(encoding="utf-8").replace(
+        "[training]", '[panel]\nquestion_progress = true\n[captions]\nconfirm = "OK"\n'
+                      'question_progress = "{number}/{count}"\n\n[training]', 1)
+    (tmp_path / "p.toml").write_text(text, encoding="utf-8")
+    from study.protocol import parse_protocol
+
+    protocol = parse_protocol(text, "p.toml", base_dir=DEFAULT_PROTOCOL.parent)
+    panel = _Panel(content_for_step(ACR, protocol), shown_at_s=0.0)
+    assert panel.layout.header.text == "1/9"
+    assert panel.layout.actions[0].captions[0].text == "OK"
+
+
 def test_breaks_wait_for_their_minimum_and_instructions_take_no_value():
     rest = Step("break", "break/4", text="Rest a moment.", trial_index=4, min_duration_s=30.0)
     panel = Panel(rest, shown_at_s=100.0)
     assert panel.values == ()
+    assert panel._caption(panel.layout.actions[0], 101.0).text == "Continue in 29 s"
     assert panel.handle(key("enter"), 129.9) == (None, False)
     result, _ = panel.handle(key("enter"), 130.0)
-    assert result.value is None
+    assert (result.action, result.value) == ("continue", None)
+    assert panel._caption(panel.layout.actions[0], 130.0).text == "Continue"
     info = Panel(Step("instructions", "instructions", text="Look around."), shown_at_s=0.0)
     assert info.handle(key("3"), 0.1) == (None, False)
     assert info.handle(key("enter"), 0.2)[0].value is None

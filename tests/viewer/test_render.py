@@ -95,12 +95,13 @@ def test_fade_mixes_towards_neutral_grey_in_linear_light(headless, tmp_path):
 
 
 def test_panel_quad_is_drawn_in_front_of_the_viewer(headless):
-    from viewer.panel import Panel
     from study.engine import Step
+    from study.protocol import DEFAULT_PROTOCOL, load_protocol
+    from viewer.panel import Panel, content_for_step
 
     backend = headless(96, 96, fov_deg=90)
     step = Step("instructions", "instructions", text="Look around.")
-    panel = Panel(step, shown_at_s=0.0, yaw_deg=0.0)
+    panel = Panel(content_for_step(step, load_protocol(DEFAULT_PROTOCOL)), shown_at_s=0.0, yaw_deg=0.0)
     ahead = backend.draw(Frame(stimulus=None, fade=1.0, panel=panel.quad(0.0), head=view_rotation(0, 0)))[0]
     behind = backend.draw(Frame(stimulus=None, fade=1.0, panel=panel.quad(0.0), head=view_rotation(180, 0)))[0]
     assert (behind == GREY_SRGB).all()

@@ -12,7 +12,7 @@ from study.driver import RaterModel, ScriptedDriver, scripted_head_motion
 from study.engine import SessionEngine
 from study.errors import SessionError
 from study.export import load_answers, load_poses, load_ssq
-from viewer.backends.base import FrameInput, InputEvent
+from viewer.backends.base import FrameInput, HeadSample, InputEvent
 from viewer.backends.headless import HeadlessBackend
 from viewer.renderer import StimulusTextures
 from viewer.session_runner import SessionRunner, run_session
@@ -222,16 +222,27 @@ def test_during_the_panels_every_preloaded_stimulus_gets_a_texture(tiny_study):
 
 
 class _TrackedHeadset(HeadlessBackend):
-    """Headless with a tracker: the head turns by itself, each pose stamped with a runtime time; after
-    ``lose_after`` frames the runtime goes away, as an OpenXR runtime reports it."""
+    """Headless with a tracker: the head turns by itself at 20°/s, each pose stamped with a runtime time;
+    after ``lose_after`` frames the runtime goes away, as an OpenXR runtime reports it."""
 
     capabilities = HeadlessBackend.capabilities.__class__(
         stereo=False, head_tracking=True, pointer=False, returns_pixels=True, paced=False)
+    #: the runtime's clock runs this far ahead of the session's
+    EPOCH_NS = 1_000_000_000
 
     def __init__(self, *args, lose_after=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.polls = 0
         self.lose_after = lose_after
+
+    @staticmethod
+    def yaw_at(monotonic_ns):
+        return 20.0 * monotonic_ns / 1e9
+
+    def head_at(self, monotonic_ns):
+        from viewer.camera import view_rotation
+
+        return HeadSample(view_rotation(self.yaw_at(monotonic_ns), 0.0), runtime_time_ns=self.EPOCH_NS + monotonic_ns)
 
     def poll_input(self):
         polled = super().poll_input()
@@ -241,8 +252,7 @@ class _TrackedHeadset(HeadlessBackend):
         events = polled.events
         if self.lose_after is not None and self.polls > self.lose_after:
             events += (InputEvent("quit", key="the OpenXR runtime went away (XR_ERROR_INSTANCE_LOST in xrWaitFrame)"),)
-        return FrameInput(head=view_rotation(2.0 * self.polls, 0.0), events=events,
-                          runtime_time_ns=1_000_000_000 + 11_111_111 * self.polls)
+        return FrameInput(head=view_rotation(self.yaw_at(round(1e9 * self.polls / FRAME_HZ)), 0.0), events=events)
 
     def describe(self):
         return {"runtime": "a tracked test double"}
@@ -254,11 +264,14 @@ def test_with_a_tracker_the_stored_poses_are_the_trackers_with_its_time_stamps(t
                           frame_hz=FRAME_HZ)
     assert summary.completed and summary.interrupted is None
     poses = load_poses(tiny_study.url)
-    assert poses.runtime_time_ns.notna().all()
-    # the tracker turns 2° per frame: the scripted head motion is not what was stored
+    assert poses.runtime_time_ns.notna().all() and len(poses) == len(engine.trials) * EXPOSURE_S * POSE_HZ
+    # the tracker turns 20°/s, the scripted head motion would not: within each showing, the stored yaw is the
+    # tracker's at the sample's runtime time, less the turn that puts the stimulus's start yaw ahead
     stamps = poses.runtime_time_ns.to_numpy(dtype=np.int64)
-    frame = (stamps - 1_000_000_000) // 11_111_111
-    np.testing.assert_allclose(poses.yaw_deg, ((2.0 * frame + 180.0) % 360.0) - 180.0, atol=1e-6)
+    tracker = _TrackedHeadset.yaw_at(stamps - _TrackedHeadset.EPOCH_NS)
+    offset = ((poses.yaw_deg.to_numpy() - tracker + 180.0) % 360.0) - 180.0
+    for _, rows in poses.assign(offset=offset).groupby(["trial_index", "presentation"]):
+        assert np.ptp(rows.offset) < 1e-6 and np.all(np.diff(rows.runtime_time_ns.to_numpy(dtype=np.int64)) == 1e9 / POSE_HZ)
     with tiny_study.engine.connect() as connection:
         (described,) = connection.execute(sa.text("select detail from event where kind = 'backend'")).scalars().all()
     assert json.loads(described) == {"backend": "headless", "runtime": "a tracked test double"}

@@ -4,6 +4,21 @@ A backend owns a GL context, the eye framebuffers and the input devices; it draw
 with the shared :class:`viewer.renderer.Renderer`. Each backend is one module that imports its
 third-party library (moderngl, glfw, openvr, pyopenxr) inside its methods, so importing :mod:`viewer`
 never needs a display, SteamVR or an OpenXR runtime.
+
+Three small seams serve the session around the frames:
+
+* **Poses on time.** :meth:`Backend.head_at` gives the head at a given ``time.monotonic_ns()`` value; the
+  session's pose sampler calls it from its own thread at exactly the protocol's rate, whatever the frame
+  rate. A headset asks its runtime for the pose at that time; the desktop answers from the history of its
+  view state.
+* **The experimenter's console.** A backend that can, hands the console a mirror of one eye by calling
+  :meth:`Backend.capture_mirror` from :meth:`Backend.draw` with that eye's framebuffer once the image is
+  complete (before a buffer swap); the runner attaches :attr:`Backend.mirror` only while the console asks
+  for it, so it costs nothing otherwise. :meth:`Backend.dropped_frames` is the compositor's running count
+  the console shows.
+* **A runtime that goes away** (headset lost, runtime exiting) is reported by :meth:`Backend.poll_input`
+  as ``InputEvent("quit", key="<one-line reason>")``: the run stops at once as interrupted (resumable).
+  Escape (``InputEvent("key", "escape")``) asks the participant's window for confirmation first.
 """
 
 from __future__ import annotations
@@ -11,7 +26,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -48,7 +63,8 @@ class Ray:
 
 @dataclass(frozen=True)
 class InputEvent:
-    """One input: a key ("0".."9", "left", "right", "enter", "escape"), a pointer click, or quit."""
+    """One input: a key ("0".."9", "left", "right", "pageup", "pagedown", "enter", "escape"), a pointer
+    click, or quit (the runtime went away; ``key`` holds the one-line reason)."""
 
     kind: Literal["key", "click", "quit"]
     key: str | None = None
@@ -58,25 +74,30 @@ class InputEvent:
 @dataclass(frozen=True)
 class FrameInput:
     """What :meth:`Backend.poll_input` returns: the head orientation (world-from-head), the pointer ray
-    if there is one, the events since the last poll, the head position (metres, in the tracking
-    space the pointer uses) where a tracker reports one, and the tracker's own time stamp of that pose
-    (an OpenXR ``XrTime``, nanoseconds) where the runtime has one."""
+    if there is one, the events since the last poll, and the head position (metres, in the tracking
+    space the pointer uses) where a tracker reports one."""
 
     head: np.ndarray
     pointer: Ray | None = None
     events: tuple[InputEvent, ...] = ()
     head_position: np.ndarray | None = None
-    runtime_time_ns: int | None = None
 
 
 @dataclass(frozen=True)
 class HeadSample:
-    """The head at one instant, as :meth:`Backend.head_at` reports it."""
+    """The head at one moment, as :meth:`Backend.head_at` reports it."""
 
     head: np.ndarray                      # 3x3 world-from-head rotation
-    position: np.ndarray | None = None    # metres, tracking space
-    fov_deg: tuple[float, float] | None = None   # None for a headset
-    runtime_time_ns: int | None = None    # the runtime's own time stamp (XrTime)
+    position: np.ndarray | None = None    # metres, tracking space, where a tracker reports one
+    fov_deg: tuple[float, float] | None = None   # (horizontal, vertical) FOV of the view shown where the app sets it (desktop); None for a headset
+    runtime_time_ns: int | None = None    # the runtime's own time stamp of the pose (XrTime), None without a runtime
+
+
+class MirrorSink(Protocol):
+    """Where :meth:`Backend.capture_mirror` sends a framebuffer (``viewer.console_link.Mirror``)."""
+
+    def capture(self, framebuffer) -> None:
+        """Copies a downscaled image of ``framebuffer`` for the console when one is due (a few per second)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +117,8 @@ class Backend(ABC):
     name: str = ""
     capabilities: Capabilities
     renderer: Renderer
+    #: Set by the session runner while the experimenter's console shows the mirror; see capture_mirror.
+    mirror: MirrorSink | None = None
 
     @classmethod
     @abstractmethod
@@ -128,10 +151,30 @@ class Backend(ABC):
         return {}
 
     def head_at(self, monotonic_ns: int) -> HeadSample | None:
-        """The head at that ``time.monotonic_ns()`` instant, or None where the backend cannot tell.
+        """The head at ``time.monotonic_ns()`` value ``monotonic_ns``.
 
-        Callable from a pose-sampling thread while the render thread draws.
+        Must be safe to call from the pose-sampling thread while the render thread draws. None: the
+        backend has no tracker, and the runner uses its own view state (a scripted head). A backend with
+        a tracker (``capabilities.head_tracking``) returns None when the tracker has no valid pose for that
+        time; the sample is then missing, and counts against the trial's achieved pose rate.
         """
+        return None
+
+    def reset_view(self, yaw_deg: float, pitch_deg: float = 0.0, *, fov_deg: float | None = None,
+                   locked: bool = False) -> None:
+        """Points a view the application controls (the desktop's) at ``yaw_deg``/``pitch_deg`` with
+        horizontal field of view ``fov_deg`` (None keeps it), and locks it against dragging and zooming
+        while ``locked`` (rating panels). A headset's view follows the head: it ignores this."""
+
+    def capture_mirror(self, framebuffer) -> None:
+        """Hands the console's mirror the eye image in ``framebuffer``: call it from :meth:`draw` for the
+        left eye once its image is complete, before a buffer swap. A no-op unless the console asks."""
+        if self.mirror is not None:
+            self.mirror.capture(framebuffer)
+
+    def dropped_frames(self) -> int | None:
+        """Frames the display dropped since :meth:`open` (a headset compositor's count); None where nothing
+        counts them."""
         return None
 
     def describe(self) -> dict[str, object]:

@@ -12,7 +12,7 @@ import numpy as np
 from study.errors import BackendUnavailable
 from viewer.backends.base import Backend, Capabilities, Frame, FrameInput, InputEvent
 from viewer.camera import Tangents, e2p_tangents
-from viewer.renderer import EyeView, Renderer
+from viewer.renderer import EyeView, Renderer, finish
 
 
 class HeadlessBackend(Backend):
@@ -96,12 +96,13 @@ class HeadlessBackend(Backend):
         images = []
         for fbo in self._fbos:
             self.renderer.draw_eye(fbo, eye, stimulus=frame.stimulus, fade=frame.fade, panel=frame.panel)
-            if self.read_pixels:
-                pixels = np.frombuffer(fbo.read(components=3, alignment=1), np.uint8)
-                images.append(pixels.reshape(self.height, self.width, 3)[::-1])
+        self.capture_mirror(self._fbos[0])
         if not self.read_pixels:
-            self.ctx.finish()
+            finish(self.ctx)
             return None
+        for fbo in self._fbos:
+            pixels = np.frombuffer(fbo.read(components=3, alignment=1), np.uint8)
+            images.append(pixels.reshape(self.height, self.width, 3)[::-1])
         return images
 
     def close(self) -> None:

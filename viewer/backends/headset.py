@@ -5,8 +5,13 @@
   into the eye images (OpenXR has no compositor fade; OpenVR's is only added on top);
 - the controller laser: a ray along the aim pose's -z axis, and a click on the trigger's press edge,
   which the panel hit-tests like any pointer ray (:meth:`viewer.panel.Panel.hit`);
-- the experimenter's mirror seam: an optional copy of the last left-eye image, and the display
-  counts reported through :meth:`~viewer.backends.base.Backend.timing_stats`.
+- the experimenter's console: the left eye handed to the console's mirror
+  (:meth:`~viewer.backends.base.Backend.capture_mirror`) as soon as it is drawn, before the runtime takes
+  the image; the display counts reported through :meth:`~viewer.backends.base.Backend.timing_stats` and
+  :meth:`~viewer.backends.base.Backend.dropped_frames`;
+- poses on time: :meth:`~viewer.backends.base.Backend.head_at` asks the runtime for the pose at the
+  sample's own time; a view that follows the head ignores
+  :meth:`~viewer.backends.base.Backend.reset_view`.
 
 Each backend file keeps only what its VR API needs (session, swapchains or submits, actions).
 """
@@ -52,21 +57,15 @@ class HeadsetBackend(Backend):
     ----------
     downscale : bool
         See :class:`viewer.renderer.Renderer`.
-    mirror : bool
-        Keep a copy of each frame's left-eye image for the experimenter's mirror
-        (:attr:`mirror_texture`, :meth:`left_eye_image`); one GPU copy per frame.
     """
 
     capabilities = Capabilities(stereo=True, head_tracking=True, pointer=True, returns_pixels=False, paced=True)
 
-    def __init__(self, *, downscale: bool = False, mirror: bool = False):
+    def __init__(self, *, downscale: bool = False):
         self.downscale = downscale
-        self.mirror = mirror
-        self.mirror_texture = None
         self.renderer = None
         self.ctx = None
         self._window = None
-        self._mirror_fbo = None
 
     # -- GL ------------------------------------------------------------------------------------------------
 
@@ -94,23 +93,12 @@ class HeadsetBackend(Backend):
         self.renderer = Renderer(self.ctx, downscale=self.downscale)
 
     def _draw_eye(self, index: int, fbo, eye: EyeView, frame: Frame) -> None:
-        """Draws ``frame`` for one eye into ``fbo``; the left eye (index 0) is copied for the mirror."""
+        """Draws ``frame`` for one eye into ``fbo``; the left eye (index 0) goes to the console's mirror
+        while ``fbo`` is still ours (before a submit or a swapchain release hands it to the runtime)."""
         self.ctx.disable_direct(GL_FRAMEBUFFER_SRGB)
         self.renderer.draw_eye(fbo, eye, stimulus=frame.stimulus, fade=frame.fade, panel=frame.panel)
-        if index == 0 and self.mirror:
-            if self.mirror_texture is None or self.mirror_texture.size != fbo.size:
-                self._release_mirror()
-                self.mirror_texture = self.ctx.texture(fbo.size, 4)
-                self._mirror_fbo = self.ctx.framebuffer(color_attachments=[self.mirror_texture])
-            self.ctx.copy_framebuffer(self._mirror_fbo, fbo)
-
-    def left_eye_image(self) -> np.ndarray | None:
-        """The last left-eye image ``(H, W, 3) uint8`` (sRGB codes, top row first), if :attr:`mirror` is on."""
-        if self._mirror_fbo is None:
-            return None
-        width, height = self._mirror_fbo.size
-        pixels = np.frombuffer(self._mirror_fbo.read(components=3, alignment=1), np.uint8)
-        return pixels.reshape(height, width, 3)[::-1]
+        if index == 0:
+            self.capture_mirror(fbo)
 
     def _clear_gl_errors(self) -> None:
         """Drains glGetError: SteamVR has left an error set after submitting, which would be blamed on us."""
@@ -118,16 +106,9 @@ class HeadsetBackend(Backend):
             if self.ctx.error == "GL_NO_ERROR":
                 return
 
-    def _release_mirror(self) -> None:
-        for obj in (self._mirror_fbo, self.mirror_texture):
-            if obj is not None:
-                obj.release()
-        self._mirror_fbo = self.mirror_texture = None
-
     def _close_gl(self) -> None:
-        """Releases the renderer, the mirror and the window; safe to call twice."""
+        """Releases the renderer and the window; safe to call twice."""
         if self.renderer is not None:
-            self._release_mirror()
             self.renderer.release()
             self.renderer = None
         if self._window is not None:

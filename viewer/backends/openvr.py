@@ -15,15 +15,16 @@ eye drawing, laser, mirror) lives in :mod:`viewer.backends.headset`.
 from __future__ import annotations
 
 import ctypes
+import time
 from importlib import resources
 
 import numpy as np
 
 from study.errors import BackendUnavailable
-from viewer.backends.base import Frame, FrameInput, InputEvent
+from viewer.backends.base import Frame, FrameInput, HeadSample, InputEvent
 from viewer.backends.headset import HeadsetBackend, PressEdge, laser_ray
 from viewer.camera import eye_pose, pose_matrix, tangents_from_projection_raw
-from viewer.renderer import GREY_SRGB, EyeView
+from viewer.renderer import GREY_SRGB, EyeView, finish
 
 ACTION_SET = "/actions/panostudy"
 
@@ -46,14 +47,12 @@ class OpenVRBackend(HeadsetBackend):
     ----------
     downscale : bool
         See :class:`viewer.renderer.Renderer`.
-    mirror : bool
-        Keep each frame's left-eye image for the experimenter's mirror.
     """
 
     name = "openvr"
 
-    def __init__(self, *, downscale: bool = False, mirror: bool = False):
-        super().__init__(downscale=downscale, mirror=mirror)
+    def __init__(self, *, downscale: bool = False):
+        super().__init__(downscale=downscale)
         self.vr = None
         self._openvr = None
         self._presses = PressEdge()
@@ -105,8 +104,10 @@ class OpenVRBackend(HeadsetBackend):
             handle.eColorSpace = openvr.ColorSpace_Gamma
             self._submit.append(handle)
         self._poses = (openvr.TrackedDevicePose_t * openvr.k_unMaxTrackedDeviceCount)()
+        # the sampling thread's own pose array (the HMD is device 0), so it never touches the render thread's
+        self._sampled = (openvr.TrackedDevicePose_t * 1)()
         self.compositor = openvr.VRCompositor()
-        self._stats_before = self._cumulative_stats()
+        self._stats_before = self._stats_at_open = self._cumulative_stats()
         self._head = np.eye(3)
         self._head_position = np.zeros(3)
 
@@ -130,7 +131,12 @@ class OpenVRBackend(HeadsetBackend):
         event = openvr.VREvent_t()
         while self.vr.pollNextEvent(event):
             if event.eventType == openvr.VREvent_Quit:
-                events.append(InputEvent("quit", key="SteamVR is quitting (VREvent_Quit)"))
+                # granted at once: the session stops as interrupted and is resumed later
+                self.vr.acknowledgeQuit_Exiting()
+                events.append(InputEvent("quit", key="SteamVR is shutting down (VREvent_Quit)"))
+            elif (event.eventType == openvr.VREvent_TrackedDeviceDeactivated
+                  and event.trackedDeviceIndex == openvr.k_unTrackedDeviceIndex_Hmd):
+                events.append(InputEvent("quit", key="the headset was disconnected (VREvent_TrackedDeviceDeactivated)"))
         self.compositor.waitGetPoses(self._poses, None)
         hmd = self._poses[openvr.k_unTrackedDeviceIndex_Hmd]
         if hmd.bPoseIsValid:
@@ -148,6 +154,23 @@ class OpenVRBackend(HeadsetBackend):
             events.append(click)
         return FrameInput(head=self._head, pointer=pointer, events=tuple(events), head_position=self._head_position)
 
+    def head_at(self, monotonic_ns: int) -> HeadSample | None:
+        """The HMD pose SteamVR predicts for ``monotonic_ns`` (a moment just past or just ahead).
+
+        ``GetDeviceToAbsoluteTrackingPose`` extrapolates the latest tracking by the seconds given; the
+        pose-sampling thread asks at the due time, so the offset is a fraction of a millisecond. Its
+        vtable call reads tracking state and is made from the sampling thread, while the render thread
+        waits in ``WaitGetPoses``.
+        """
+        openvr = self._openvr
+        seconds = (monotonic_ns - time.monotonic_ns()) / 1e9
+        self.vr.getDeviceToAbsoluteTrackingPose(openvr.TrackingUniverseStanding, seconds, self._sampled)
+        hmd = self._sampled[openvr.k_unTrackedDeviceIndex_Hmd]
+        if not hmd.bPoseIsValid:
+            return None
+        rotation, position = pose_matrix(_m34(hmd.mDeviceToAbsoluteTracking))
+        return HeadSample(rotation, position)
+
     def draw(self, frame: Frame) -> None:
         head34 = np.hstack([self._head, self._head_position[:, None]])
         for index, (fbo, tangents, eye_to_head) in enumerate(zip(self._fbos, self._tangents, self._eye_to_head)):
@@ -157,9 +180,12 @@ class OpenVRBackend(HeadsetBackend):
             self.compositor.submit(eye, handle)
         # the submit docstring asks for a glFlush after both eyes; moderngl offers only glFinish, and the
         # compositor has just taken the textures, so waiting costs nothing that waitGetPoses would not
-        self.ctx.finish()
+        finish(self.ctx)
         self._clear_gl_errors()
         return None
+
+    def dropped_frames(self) -> int | None:
+        return self._cumulative_stats().m_nNumDroppedFrames - self._stats_at_open.m_nNumDroppedFrames
 
     def fade_to_grey(self, seconds: float, grey: bool) -> None:
         level = GREY_SRGB / 255.0

@@ -136,8 +136,6 @@ class OpenXRBackend(HeadsetBackend):
     ----------
     downscale : bool
         See :class:`viewer.renderer.Renderer`.
-    mirror : bool
-        Keep each frame's left-eye image for the experimenter's mirror.
     render_scale : float
         Eye image size relative to the runtime's recommended size (1 in studies; tiny in benchmarks).
     read_pixels : bool
@@ -146,9 +144,8 @@ class OpenXRBackend(HeadsetBackend):
 
     name = "openxr"
 
-    def __init__(self, *, downscale: bool = False, mirror: bool = False, render_scale: float = 1.0,
-                 read_pixels: bool = False):
-        super().__init__(downscale=downscale, mirror=mirror)
+    def __init__(self, *, downscale: bool = False, render_scale: float = 1.0, read_pixels: bool = False):
+        super().__init__(downscale=downscale)
         if not render_scale > 0:
             raise ValueError(f"render_scale={render_scale!r}: must be > 0")
         self.render_scale = render_scale
@@ -173,6 +170,7 @@ class OpenXRBackend(HeadsetBackend):
         self._presses = PressEdge()
         self._pointer_hand = "right"
         self._stats = dict.fromkeys(("runtime_frames", "runtime_missed", "runtime_not_rendered"), 0)
+        self._missed_since_open = 0
         self._last_display_ns: int | None = None
         #: The views of the last drawn frame: world-from-eye rotation, position (m) and the XrFovf angles.
         self.last_views: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]] = []
@@ -404,7 +402,6 @@ class OpenXRBackend(HeadsetBackend):
         xr = self._xr
         events: list[InputEvent] = []
         pointer = None
-        time_ns = None
         if self._lost is None:
             step = "xrPollEvent"
             try:
@@ -423,8 +420,7 @@ class OpenXRBackend(HeadsetBackend):
                 self._lost_by(error, step)
         if self._lost is not None:
             events.append(InputEvent("quit", key=self._lost))
-        return FrameInput(head=self._head, pointer=pointer, events=tuple(events), head_position=self._head_position,
-                          runtime_time_ns=None if time_ns is None else int(time_ns))
+        return FrameInput(head=self._head, pointer=pointer, events=tuple(events), head_position=self._head_position)
 
     def _begin_frame(self) -> None:
         xr = self._xr
@@ -436,7 +432,9 @@ class OpenXRBackend(HeadsetBackend):
         self._stats["runtime_frames"] += 1
         self._stats["runtime_not_rendered"] += not state.should_render
         if self._last_display_ns is not None and period > 0:
-            self._stats["runtime_missed"] += max(0, round((display - self._last_display_ns) / period) - 1)
+            missed = max(0, round((display - self._last_display_ns) / period) - 1)
+            self._stats["runtime_missed"] += missed
+            self._missed_since_open += missed
         self._last_display_ns = display
 
     def _locate(self, time_ns: int) -> None:
@@ -521,6 +519,10 @@ class OpenXRBackend(HeadsetBackend):
     def timing_stats(self) -> dict[str, float]:
         stats, self._stats = self._stats, dict.fromkeys(self._stats, 0)
         return stats
+
+    def dropped_frames(self) -> int | None:
+        """Display periods the runtime's predicted display times skipped since :meth:`open`: frames missed."""
+        return self._missed_since_open
 
     def describe(self) -> dict[str, object]:
         return dict(self._info)

@@ -25,7 +25,7 @@ PACKAGES=(
     monado-service libopenxr1-monado libopenxr-loader1 libopenxr-utils
     mesa-vulkan-drivers libvulkan1 libgl1 libgl1-mesa-dri libglx-mesa0 libegl1 libegl-mesa0
     libx11-6 libxrandr2 libxinerama1 libxcursor1 libxi6 libxxf86vm1 xvfb xauth
-    python3 python3-venv fonts-dejavu-core
+    python3 python3-venv python3-tk fonts-dejavu-core
 )
 
 say() { printf 'test-xr: %s\n' "$*" >&2; }

@@ -14,6 +14,7 @@ into the shared block, where the console picks it up.
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import queue
 import time
@@ -28,6 +29,14 @@ MIRROR_HZ = 5.0
 MIRROR_WIDTH = 480
 MIRROR_HEIGHT = 540
 _HEADER = 16   # bytes: frame counter (uint64), width, height (uint32 each)
+
+
+def why_not() -> str | None:
+    """None if the console's toolkit is there, else a one-line reason with the fix."""
+    if importlib.util.find_spec("tkinter") is None or importlib.util.find_spec("_tkinter") is None:
+        return ("this Python has no tkinter (Debian/Ubuntu: apt-get install python3-tk; a Python built from "
+                "source needs tk-dev at build time)")
+    return None
 
 
 class Mirror:

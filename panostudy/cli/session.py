@@ -66,7 +66,7 @@ def _scripted_driver(driver: Path | None, simulate: int | None, pace: float):
     return None
 
 
-def _check_backend(backend: str, scripted) -> None:
+def _check_backend(backend: str, scripted, with_console: bool) -> None:
     from study.errors import BackendUnavailable, SessionError
 
     if backend not in BACKENDS:
@@ -79,9 +79,22 @@ def _check_backend(backend: str, scripted) -> None:
             from viewer.backends.base import backend_class
         except ImportError as exc:
             raise BackendUnavailable(backend, f"the viewer cannot be loaded ({exc}); use --backend none") from None
-        reason = backend_class(backend).why_not()
+        cls = backend_class(backend)
+        reason = cls.why_not()
         if reason is not None:
             raise BackendUnavailable(backend, reason)
+        if with_console and _interactive(cls.capabilities):
+            from viewer.console_link import why_not
+
+            # the console is the experimenter's only control in a headset: a session does not start without it
+            reason = why_not()
+            if reason is not None:
+                raise SessionError(f"--console: the experimenter's console cannot open here: {reason}; or pass --no-console")
+
+
+def _interactive(capabilities) -> bool:
+    """A person looks at this backend's output (a window or a headset), so the console belongs beside it."""
+    return capabilities.paced and not capabilities.returns_pixels
 
 
 def _station(station: str | None) -> str:
@@ -122,7 +135,7 @@ def _drive(engine, backend: str, scripted, *, resumed: bool, station: str, fulls
     from viewer.session_runner import run_session
 
     instance = _backend(backend, engine.protocol, fullscreen)
-    interactive = instance.capabilities.paced and not instance.capabilities.returns_pixels
+    interactive = _interactive(instance.capabilities)
     if with_console and interactive:
         console.print("the experimenter's console opens in its own window: Pause (P), Resume (R), Break now (B), "
                       "Abort (A)", soft_wrap=True)
@@ -160,7 +173,7 @@ def _run_or_resume(mode: Literal["run", "resume"], db, participant, backend, dri
 
     # The answer file is read before the session is planned, so a bad file writes nothing.
     scripted = _scripted_driver(driver, simulate, pace)
-    _check_backend(backend, scripted)
+    _check_backend(backend, scripted, with_console)
     station = _station(station)
     with open_study(db) as study:
         if scripted is not None:

@@ -195,3 +195,19 @@ def test_an_interrupted_run_exits_3_with_the_resume_command_and_migrate_says_wha
     assert result.exit_code == 3, result.output
     assert f"resume it with: panostudy session resume --db {study} --participant P01 --backend headless" in result.output
     one_line_error(invoke("study", "migrate", "--db", study), "already at schema version 2")
+
+
+def test_a_session_with_the_console_does_not_start_where_the_console_cannot_open(study, monkeypatch):
+    from study.models import StudySession
+
+    monkeypatch.setattr("viewer.backends.desktop.DesktopBackend.why_not", classmethod(lambda cls: None))
+    monkeypatch.setattr("viewer.console_link.importlib.util.find_spec",
+                        lambda name: None if name == "_tkinter" else object())
+    one_line_error(invoke("session", "run", "--db", study, "--participant", "P01", "--backend", "desktop",
+                          "--simulate", 1), "--console", "apt-get install python3-tk", "--no-console")
+    assert count(study, StudySession) == 0
+    # headless output is for a script, not a person: no console is asked for, and none is needed
+    monkeypatch.setattr("viewer.backends.headless.HeadlessBackend.why_not", classmethod(lambda cls: None))
+    monkeypatch.setattr("viewer.session_runner.run_session", lambda engine, backend, **options: None)
+    ran = invoke("session", "run", "--db", study, "--participant", "P01", "--backend", "headless", "--simulate", 1)
+    assert ran.exit_code == 3 and count(study, StudySession) == 1   # the stand-in ran nothing: the session stays open

@@ -232,6 +232,74 @@ def test_a_scripted_session_through_the_cli_stores_every_answer_once_and_poses_w
         assert trial["runtime_frames"] == trial["frames"] and trial["runtime_missed"] >= 0
 
 
+class _Console:
+    """Stands in for the console process (its window is Tk's business): asks for the mirror at once, pauses
+    during the first test stimulus, resumes once the participant sees the paused panel, records every status."""
+
+    def __init__(self, mirror):
+        self.mirror = mirror            # the real shared-memory mirror of viewer.console_link
+        self.statuses = []
+        self.plan = [
+            (lambda s: True, {"command": "mirror", "on": True}),
+            (lambda s: s["stimulus"] and s["stimulus_time_s"] > 0.3 and "(test)" in s["step_text"], {"command": "pause"}),
+            (lambda s: s["state"] == "paused", {"command": "resume"}),
+        ]
+
+    def commands(self):
+        if self.plan and self.statuses and self.plan[0][0](self.statuses[-1]):
+            return [self.plan.pop(0)[1]]
+        return []
+
+    def send(self, status, force=False):
+        self.statuses.append(status)
+
+
+@xr_runtime
+def test_the_console_sees_and_controls_an_openxr_session_and_mirrors_its_left_eye(monado, tmp_path):
+    from study.driver import ReplayAnswers, ScriptedDriver
+    from study.engine import SessionEngine
+    from study.export import load_flagged_trials
+    from viewer.backends.openxr import OpenXRBackend
+    from viewer.console_link import ConsoleLink, read_mirror
+    from viewer.session_runner import SessionRunner
+
+    db, answers_file, expected = make_xr_study(tmp_path)
+    link = ConsoleLink()   # its shared memory and mirror; the stand-in above plays the window
+    console = _Console(link.mirror)
+    try:
+        engine = SessionEngine.start(db, "P01")
+        backend = OpenXRBackend()
+        with backend:
+            runner = SessionRunner(engine, backend, driver=ScriptedDriver(ReplayAnswers.from_file(answers_file)),
+                                   frame_hz=30.0, preload=2, console=console, station="xr-test")
+            summary = runner.run()
+            width, height = backend._swapchains[0][1]
+            frames, mirrored = read_mirror(link._memory, 0)
+            backend.mirror = None
+            link.mirror.release()
+        assert summary.completed and summary.interrupted is None and not console.plan
+        # the mirror took the left eye (Monado's recommended 320×240 is under the mirror's size: unscaled)
+        assert frames > 3 and mirrored.shape == (height, width, 3) and mirrored.std() > 0
+        shown = [s for s in console.statuses if s["stimulus"]]
+        assert shown and all(isinstance(s["dropped"], int) and s["dropped"] >= 0 for s in console.statuses)
+        assert {s["station"] for s in console.statuses} == {"xr-test"} and console.statuses[-1]["participant"] == "P01"
+        assert any(s["pose_text"].startswith("10 Hz due; last trial 10.0 Hz") for s in console.statuses)
+        # the paused stimulus: its partial poses kept and flagged, shown again in full
+        poses = load_poses(db, interrupted=True)
+        (paused,) = poses.loc[poses.interrupted, "trial_index"].unique()
+        again = poses[(poses.trial_index == paused) & ~poses.interrupted]
+        assert len(again) == 10 and again.runtime_time_ns.notna().all() and set(again.presentation) == {1}
+        flags = load_flagged_trials(db)
+        assert list(flags.flag) == ["stimulus_interrupted"] and flags.trial_index.tolist() == [paused]
+        controls = [json.loads(d)["command"] for d in _events(tmp_path / "study" / "study.sqlite", "console")]
+        assert controls == ["pause", "resume"]
+        answers = load_answers(db)
+        assert len(answers) == sum(k.startswith("trial/") for k in expected)   # every answer once
+    finally:
+        link.close()
+        db.close()
+
+
 @xr_runtime
 def test_killing_the_runtime_interrupts_with_one_line_and_resume_completes(monado, tmp_path):
     db, answers_file, expected = make_xr_study(tmp_path)

@@ -10,6 +10,10 @@ all there is. Head poses for the sampler come from ``xrLocateSpace`` at the runt
 sample (``XR_KHR_convert_timespec_time`` on Linux, ``XR_KHR_win32_convert_performance_counter_time``
 on Windows).
 
+The experimenter's console and its mirror work as in every headset backend (:mod:`viewer.backends.headset`):
+the left eye goes to the mirror before its swapchain image is released to the runtime, and
+:meth:`OpenXRBackend.dropped_frames` counts the display periods the runtime skipped.
+
 A runtime that goes away (``LOSS_PENDING``, ``EXITING``, ``STOPPING``, the service killed, an
 ``XR_ERROR_*_LOST``) is reported by :meth:`OpenXRBackend.poll_input` as a quit event carrying one
 line: the session stops as interrupted and can be resumed. ``pyopenxr`` is imported only when the

@@ -115,7 +115,7 @@ def datasheet_markdown(a) -> str:
         lines.append("- No observer screened out, no session withdrawn, no trial flagged.")
     lines += ["", "## 7. Collected data and how to read it", "",
               "- `panostudy study export --out DIR` writes the tables (answers, participants, sessions, stimuli, SSQ, "
-              "head poses) as CSV with `codebook.md` and a Frictionless `datapackage.json`; `--spss` and `--xlsx` add "
+              "flagged trials, head poses) as CSV with `codebook.md` and a Frictionless `datapackage.json`; `--spss` and `--xlsx` add "
               "labelled SPSS files and a workbook.",
               f"- This report folder: Table 1 (CSV/Markdown/LaTeX), every statistic as CSV, figures; panostudy "
               f"{_version()}.", ""]

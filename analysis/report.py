@@ -53,7 +53,7 @@ class StudyContext:
     participants, sessions, stimuli : pandas.DataFrame or None
         The tables of ``study.export`` (demographics; durations, withdrawals, viewer; provenance).
     flagged_trials : pandas.DataFrame or None
-        Trials flagged during the sessions (:data:`analysis.sample.FLAGGED_COLUMNS`).
+        Trials flagged during the sessions (``study.export.load_flagged_trials``).
     source : str
         Where the data came from (database URL or export folder), for the report's header.
     """
@@ -473,11 +473,25 @@ def _section_sample(a: Analysis, figures: Mapping[str, bytes]) -> str:
     parts = ["<h2>Participants, sessions and exclusions</h2><h3>Demographics</h3>", _frame_html(a.demographics)]
     parts.append(f"<h3>Session durations</h3><p>{e(a.durations.attrs.get('summary', ''))}</p>")
     parts.append("<h3>Exclusions</h3>")
+    parts.append(_flag_count(a))
     if a.exclusions.empty:
         parts.append("<p>No observer was screened out, no session withdrawn and no trial flagged.</p>")
     else:
         parts.append(_frame_html(a.exclusions, text=True))
     return "".join(parts)
+
+
+def _flag_count(a: Analysis) -> str:
+    """One sentence: how many trials the sessions flagged, of which kind, and what the analysis did with them."""
+    flagged = a.context.flagged_trials
+    if flagged is None or flagged.empty:
+        return ""
+    kinds = ", ".join(f"{flag} {count}" for flag, count in flagged["flag"].astype(str).value_counts().items())
+    trials = len(flagged[["participant", "session_number", "trial_index"]].drop_duplicates())
+    removed = (a.exclusions["effect"] == "answers removed").any() if len(a.exclusions) else False
+    fate = ("their answers were left out (--exclude-flagged)" if removed
+            else "their answers are analysed; --exclude-flagged leaves them out")
+    return f"<p>{trials} flagged trial{'s' if trials != 1 else ''} ({html.escape(kinds)}): {fate}.</p>"
 
 
 def _section_head_motion(a: Analysis, figures: Mapping[str, bytes]) -> str:

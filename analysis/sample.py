@@ -7,11 +7,6 @@ import pandas as pd
 
 from analysis.screening import ScreeningResult
 
-#: Columns of the flagged-trials table (``study.export``'s flagged trials: pose rate too low, a stimulus
-#: interrupted by a pause, ...).
-FLAGGED_COLUMNS = ("participant", "session_number", "station", "trial_index", "flag", "detail")
-
-
 def _counts(column: pd.Series) -> str:
     values = column.astype("string").fillna("not given").str.strip().replace("", "not given")
     counts = values.value_counts()
@@ -102,7 +97,8 @@ def exclusions_summary(screening: ScreeningResult, sessions: pd.DataFrame | None
     sessions : pandas.DataFrame or None
         The sessions table (``status``, ``withdraw_reason``, ``withdrawn_at_step``).
     flagged : pandas.DataFrame or None
-        Flagged trials with :data:`FLAGGED_COLUMNS` (e.g. pose rate too low, stimulus interrupted by a pause).
+        Flagged trials with the columns of ``study.export.FLAG_COLUMNS`` (pose rate too low, stimulus
+        interrupted by a pause).
     flagged_excluded : bool
         Whether the flagged trials' answers were removed before the analysis.
     """
@@ -121,6 +117,9 @@ def exclusions_summary(screening: ScreeningResult, sessions: pd.DataFrame | None
             step = f" at step {r.withdrawn_at_step}" if isinstance(getattr(r, "withdrawn_at_step", None), str) else ""
             rows.append(("withdrawn session", str(r.participant), f"{reason}{step}",
                          "answers recorded before the withdrawal are analysed"))
+        for r in sessions[sessions["status"].astype("string") == "declined"].itertuples():
+            rows.append(("consent declined", str(r.participant), "declined on the consent panel",
+                         "nothing recorded but the decision"))
         for r in sessions[sessions["status"].astype("string").isin(["planned", "running"])].itertuples():
             rows.append((f"{r.status} session", str(r.participant), "not finished", "answers recorded so far are analysed"))
     if flagged is not None and len(flagged):

@@ -194,4 +194,8 @@ def prepare_poses(poses: pd.DataFrame | None) -> pd.DataFrame:
     if poses is None:
         return pd.DataFrame(columns=list(POSE_COLUMNS))
     _require(poses, ("scene", "stimulus", "yaw_deg", "pitch_deg"), "the pose samples")
+    if "interrupted" in poses.columns:
+        # A pause or a stop cut that showing short and the stimulus was shown again from its start: where
+        # people looked is the complete showing's, so the interrupted one's samples stay in the data only.
+        poses = poses[~poses["interrupted"].astype("boolean").fillna(False).to_numpy(bool)]
     return poses

@@ -20,14 +20,16 @@ class Screening(str, Enum):
 
 
 # Identifiers stay text: a participant code "007" must not turn into the number 7.
-_TEXT_COLUMNS = ("study", "protocol_hash", "participant", "stimulus", "stimulus_sha256", "scene", "scale", "item", "phase")
+_TEXT_COLUMNS = ("study", "protocol_hash", "participant", "station", "stimulus", "stimulus_sha256", "scene", "scale", "item",
+                 "phase")
 
 
 # Numeric columns of each export (integer, float); a cell that is not a number is named by file, column and row.
 _NUMERIC_COLUMNS = {
-    "--answers": (("session", "trial_index", "value", "scale_min", "scale_max"), ("response_time_s",)),
-    "--ssq": (("session", "item", "value"), ()),
-    "--poses": (("session", "trial_index"), ("t", "yaw_deg", "pitch_deg", "roll_deg")),
+    "--answers": (("session", "session_number", "trial_index", "value", "scale_min", "scale_max"), ("response_time_s",)),
+    "--ssq": (("session", "session_number", "item", "value"), ()),
+    "--poses": (("session", "session_number", "trial_index", "presentation"),
+                ("t", "yaw_deg", "pitch_deg", "roll_deg", "fov_h_deg", "fov_v_deg", "x_m", "y_m", "z_m")),
     "--gaze": (("session", "trial_index"), ("t", "yaw_deg", "pitch_deg")),
 }
 

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from analysis import report as report_module
 from analysis.figures import NO_POSE_NOTE, heatmap_figure
 from analysis.report import analyze, write_report
+from analysis.sample import exclusions_summary
 from panostudy.cli import app
 
 
@@ -109,6 +110,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(small_study, tmp_path):
         "no such database file": ["--db", str(tmp_path / "missing.sqlite")],
         "exactly one of --db": [],
         "no datapackage.json there": ["--export", str(tmp_path)],
+        "--exclude-flagged needs the flagged trials": ["--answers", _write(answers, tmp_path / "all.csv"), "--exclude-flagged"],
     }
     for message, args in cases.items():
         result = CliRunner().invoke(app, ["analyze", *args, "--out", str(tmp_path / "out")])
@@ -191,6 +193,13 @@ def test_context_gives_demographics_exclusions_and_the_appendix(small_study):
     assert (dropped.exclusions["effect"] == "answers removed").sum() == 2
     page = report_module.render_html(kept, dict.fromkeys(("mos", "distributions", "bias", "heatmaps", "sos"), b"x"))
     assert f"SHA-256 <code>{protocol.sha256}</code>" in page and "dong2025" in page
+    counted = re.search(r"<p>2 flagged trials \(([^)]*)\): their answers are analysed; --exclude-flagged leaves them out", page)
+    assert counted and sorted(counted.group(1).split(", ")) == ["interrupted 1", "pose-rate-low 1"]
+    assert "their answers were left out (--exclude-flagged)" in report_module.render_html(
+        dropped, dict.fromkeys(("mos", "distributions", "bias", "heatmaps", "sos"), b"x"))
+    declined = sessions.assign(status=["completed"] * 9 + ["declined"])
+    rows = exclusions_summary(kept.screening, declined, None).set_index("participant")
+    assert rows.loc["P010", "what"] == "consent declined" and rows.loc["P010", "effect"] == "nothing recorded but the decision"
     for scale in protocol.scales:
         for item in scale.items:
             assert item.question in page

@@ -418,3 +418,43 @@ def test_a_start_yaw_for_no_imported_stimulus_is_refused_before_planning(tmp_pat
             assert session.scalar(sa.select(sa.func.count()).select_from(StudySession)) == 0
     finally:
         db.close()
+
+
+def test_the_report_counts_and_lists_flagged_trials_and_maps_only_complete_showings(tmp_path):
+    import re
+
+    from typer.testing import CliRunner
+
+    from _studykit import make_study
+    from panostudy.cli import app
+
+    db = make_study(tmp_path, participants=("P01", "P02", "P03"))
+    engine = SessionEngine.start(db, "P01", station="desk-3")
+    while engine.current().kind != "stimulus" or engine.current().training:
+        ScriptedDriver(RaterModel(1)).run(engine, max_steps=1)
+    index = engine.current().trial_index
+    # a pause 0.4 s into the first test stimulus, looking backwards: kept, flagged, and no part of the heat map
+    engine.record_poses(index, [(0.1 * i, 175.0, 0.0, 0.0) for i in range(4)], presentation=0, interrupted=True)
+    engine.flag_trial(index, "stimulus_interrupted", "paused at 0.4 s", presentation=0)
+    for code, start in (("P01", engine), ("P02", None), ("P03", None)):
+        ScriptedDriver(RaterModel(1), motion_seed=2).run(start or SessionEngine.start(db, code))
+    shown = load_poses(db, interrupted=True)
+    complete = int((~shown.interrupted & (shown.scene != "training")).sum())   # the report maps test scenes only
+    assert shown.interrupted.sum() == 4
+    db.close()
+
+    def report(*args) -> str:
+        out = tmp_path / f"report{len(list(tmp_path.glob('report*')))}"
+        result = CliRunner().invoke(app, ["analyze", *map(str, args), "--screening", "none", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        return (out / "report.html").read_text(encoding="utf-8")
+
+    page = report("--db", tmp_path / "study.sqlite")
+    assert "1 flagged trial (stimulus_interrupted 1): their answers are analysed; --exclude-flagged leaves them out" in page
+    assert "flagged trial: stimulus_interrupted" in page and f"session 1, station desk-3, trial {index}: paused at 0.4 s" in page
+    assert re.search(rf"\({complete} samples in all", page)
+    export = CliRunner().invoke(app, ["study", "export", "--db", str(tmp_path / "study.sqlite"), "--out", str(tmp_path / "pkg")])
+    assert export.exit_code == 0, export.output
+    page = report("--export", tmp_path / "pkg", "--exclude-flagged")
+    assert "1 flagged trial (stimulus_interrupted 1): their answers were left out (--exclude-flagged)" in page
+    assert re.search(rf"\({complete} samples in all", page)   # the package keeps the interrupted rows; the map does not

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +96,7 @@ def main() -> None:
             sys.exit(f"{tool} is not installed; apt-get install xvfb xdotool imagemagick")
     OUT.mkdir(parents=True, exist_ok=True)
     number = next(n for n in range(150, 250) if not os.path.exists(f"/tmp/.X11-unix/X{n}"))
-    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1920x1080x24", "-nolisten", "tcp"],
+    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "2560x1080x24", "-nolisten", "tcp"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {**os.environ, "DISPLAY": f":{number}", "PYTHONPATH": str(ROOT)}
     session = None
@@ -106,8 +107,11 @@ def main() -> None:
         db = folder / "study.sqlite"
         for i, scene in enumerate(("vehicle", "street", "indoor", "mountainous")):
             (folder / "stimuli" / scene).mkdir(parents=True)
-            source = ROOT / "data" / "training" / ("training_front.png" if i % 2 else "training_grid.png")
-            shutil.copy(source, folder / "stimuli" / scene / f"{scene}_0.png")
+            source = Image.open(ROOT / "data" / "training" / ("training_front.png" if i % 2 else "training_grid.png"))
+            # each turned its own way, as an image may be under one scene only (the training scene included);
+            # the few extra pixels keep the grid, which repeats along the width, from coming back to itself
+            turned = np.roll(np.asarray(source.convert("RGB")), (2 * i + 1) * source.width // 8 + 5 * i, axis=1)
+            Image.fromarray(turned).save(folder / "stimuli" / scene / f"{scene}_0.png")
         cli = [sys.executable, "-m", "panostudy"]
         _run(*cli, "study", "init", "--db", db, env=env)
         _run(*cli, "study", "import-stimuli", "--db", db, folder / "stimuli", env=env)
@@ -125,7 +129,8 @@ def main() -> None:
 
         participant = _window(env, "panostudy – dong2025")
         console = _window(env, "experimenter console")
-        _run("xdotool", "windowmove", console, 1200, 0, env=env)
+        # beside the participant's 1280-pixel window, not over it: a window on top would be in its capture
+        _run("xdotool", "windowmove", console, 1280, 0, env=env)
         time.sleep(2.0)
         _shot(env, participant, "panel_consent")
         _keys(env, participant, "Right", "Return")
@@ -155,7 +160,7 @@ def main() -> None:
         time.sleep(1.0)
         _keys(env, console, "a")
         dialog = _window(env, "Abort the session")
-        _run("xdotool", "windowmove", dialog, 1200, 600, env=env)
+        _run("xdotool", "windowmove", dialog, 1280, 660, env=env)
         _run("xdotool", "windowfocus", "--sync", dialog, env=env)
         _run("xdotool", "type", "--delay", "40", "participant felt dizzy", env=env)
         time.sleep(0.5)

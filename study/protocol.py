@@ -351,6 +351,35 @@ class _Reader:
 
     # -- generic accessors -------------------------------------------------------------------------------
 
+    def array_of_tables(self, doc: dict, key: str, allowed: tuple[str, ...], empty_fix: str) -> list[tuple[str, dict]]:
+        """``(path, table)`` of every ``[[key]]`` table, each holding only ``allowed`` keys; at least one."""
+        raw = self.get(doc, key, "", list, f"an array of [[{key}]] tables")
+        if not raw:
+            raise self.fail(key, "is empty", empty_fix)
+        found = []
+        for i, entry in enumerate(raw):
+            path = f"{key}[{i}]"
+            if not isinstance(entry, dict):
+                raise self.fail(path, f"expected a table, got {_toml_type(entry)}", f"write it as [[{key}]]")
+            self.no_unknown(entry, path, allowed)
+            found.append((path, entry))
+        return found
+
+    def files(self, raw: list, key: str, what: str, kind: str, fix: str) -> list[tuple[str, str]]:
+        """``(entry, absolute path)`` of every file a list names, from the protocol's folder; each must exist
+        where files are checked."""
+        found = []
+        for i, entry in enumerate(raw):
+            where = f"{key}[{i}]"
+            if not isinstance(entry, str) or not entry.strip():
+                raise self.fail(where, f"expected {what}, got {_describe(entry)}", "write the path in quotes")
+            path = (self.base_dir / entry).resolve()
+            if self.check_files and not path.is_file():
+                raise self.fail(where, f"{kind} {path} does not exist",
+                                f"fix the path (relative paths start at the protocol's folder) or {fix}")
+            found.append((entry, str(path)))
+        return found
+
     def table(self, parent: Mapping[str, Any], key: str, path: str, allowed: tuple[str, ...]) -> dict:
         value = self.get(parent, key, path, dict, "a table")
         self.no_unknown(value, _join(path, key), allowed)
@@ -510,17 +539,8 @@ class _Reader:
         section = self.table(doc, "panel", "", ("question_progress", "fonts"))
         progress = self.get(section, "question_progress", "panel", bool, "true or false", False)
         raw = self.get(section, "fonts", "panel", list, "a list of font file paths", [])
-        fonts = []
-        for i, entry in enumerate(raw):
-            key = f"panel.fonts[{i}]"
-            if not isinstance(entry, str) or not entry.strip():
-                raise self.fail(key, f"expected a font file path, got {_describe(entry)}", "write the path in quotes")
-            path = (self.base_dir / entry).resolve()
-            if self.check_files and not path.is_file():
-                raise self.fail(key, f"font file {path} does not exist",
-                                "fix the path (relative paths start at the protocol's folder) or remove the entry")
-            fonts.append(str(path))
-        return PanelSpec(question_progress=progress, fonts=tuple(fonts))
+        fonts = self.files(raw, "panel.fonts", "a font file path", "font file", "remove the entry")
+        return PanelSpec(question_progress=progress, fonts=tuple(path for _, path in fonts))
 
     def view(self, doc: dict) -> ViewSpec:
         if "view" not in doc:
@@ -558,15 +578,10 @@ class _Reader:
     def sessions(self, doc: dict, scenes: tuple[str, ...]) -> tuple[SessionSpec, ...]:
         if "sessions" not in doc:
             return (SessionSpec(number=1, name="Session 1", scenes=scenes),)
-        raw = self.get(doc, "sessions", "", list, "an array of [[sessions]] tables")
-        if not raw:
-            raise self.fail("sessions", "is empty", "define at least one [[sessions]] table, or leave the key out for one session")
         specs: list[SessionSpec] = []
-        for i, entry in enumerate(raw):
-            path = f"sessions[{i}]"
-            if not isinstance(entry, dict):
-                raise self.fail(path, f"expected a table, got {_toml_type(entry)}", "write it as [[sessions]]")
-            self.no_unknown(entry, path, ("name", "scenes", "training", "ssq"))
+        for i, (path, entry) in enumerate(self.array_of_tables(
+                doc, "sessions", ("name", "scenes", "training", "ssq"),
+                "define at least one [[sessions]] table, or leave the key out for one session")):
             name = self.text(entry, "name", path) if "name" in entry else f"Session {i + 1}"
             chosen = self.get(entry, "scenes", path, list, "a list of scene names", list(scenes))
             if not chosen:
@@ -604,15 +619,9 @@ class _Reader:
         return tuple(scenes)
 
     def scales(self, doc: dict) -> tuple[Scale, ...]:
-        raw = self.get(doc, "scales", "", list, "an array of [[scales]] tables")
-        if not raw:
-            raise self.fail("scales", "is empty", "define at least one [[scales]] table")
         scales: list[Scale] = []
-        for i, entry in enumerate(raw):
-            path = f"scales[{i}]"
-            if not isinstance(entry, dict):
-                raise self.fail(path, f"expected a table, got {_toml_type(entry)}", "write it as [[scales]]")
-            self.no_unknown(entry, path, ("id", "name", "min", "max", "items"))
+        for path, entry in self.array_of_tables(doc, "scales", ("id", "name", "min", "max", "items"),
+                                                "define at least one [[scales]] table"):
             scale_id = self.identifier(entry, "id", path)
             if any(s.id == scale_id for s in scales):
                 raise self.fail(_join(path, "id"), f"scale '{scale_id}' is defined twice", "give each scale its own id")
@@ -664,17 +673,11 @@ class _Reader:
         section = self.table(doc, "training", "", ("stimuli", "instructions"))
         raw = self.get(section, "stimuli", "training", list, "a list of image paths")
         stimuli: list[str] = []
-        for i, entry in enumerate(raw):
-            key = f"training.stimuli[{i}]"
-            if not isinstance(entry, str) or not entry.strip():
-                raise self.fail(key, f"expected an image path, got {_describe(entry)}", "write the path in quotes")
-            path = (self.base_dir / entry).resolve()
-            if self.check_files and not path.is_file():
-                raise self.fail(key, f"training stimulus {path} does not exist",
-                                "fix the path (relative paths start at the protocol's folder) or add the file")
-            if str(path) in stimuli:
-                raise self.fail(key, f"{entry} is listed twice", "list each training stimulus once")
-            stimuli.append(str(path))
+        for i, (entry, path) in enumerate(self.files(raw, "training.stimuli", "an image path", "training stimulus",
+                                                     "add the file")):
+            if path in stimuli:
+                raise self.fail(f"training.stimuli[{i}]", f"{entry} is listed twice", "list each training stimulus once")
+            stimuli.append(path)
         return Training(stimuli=tuple(stimuli), instructions=self.text(section, "instructions", "training"))
 
     def breaks(self, doc: dict) -> BreakRule:

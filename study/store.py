@@ -246,12 +246,7 @@ def open_study(db: str | Path) -> StudyDB:
         If there is no database, it is not writable, not a panostudy database, of another schema version,
         lacks a table or column, or cannot be reached.
     """
-    url = database_url(db)
-    path = sqlite_file(url)
-    if path is not None:
-        _check_writable(path, creating=False)
-        check_sqlite_file(path)
-    checker = read_only_engine(url)
+    url, _, checker = _probe(db)
     try:
         study_id, protocol = _read_study(checker, url)
     except sa.exc.DBAPIError as exc:
@@ -260,6 +255,17 @@ def open_study(db: str | Path) -> StudyDB:
         checker.dispose()
     engine = make_engine(url)
     return StudyDB(url, engine, _sessionmaker(engine), study_id, protocol)
+
+
+def _probe(db: str | Path) -> tuple[str, Path | None, sa.Engine]:
+    """The URL, the SQLite file (None for a server) and a read-only engine of a study about to be written: a file
+    is checked writable and whole before anything opens it."""
+    url = database_url(db)
+    path = sqlite_file(url)
+    if path is not None:
+        _check_writable(path, creating=False)
+        check_sqlite_file(path)
+    return url, path, read_only_engine(url)
 
 
 def _read_study(engine: sa.Engine, url: str) -> tuple[int, Protocol]:
@@ -729,13 +735,8 @@ def migrate_study(db: str | Path) -> tuple[int, Path | None]:
         If there is no panostudy database there, it is current already, of a version this panostudy
         cannot migrate, or the migration fails.
     """
-    url = database_url(db)
+    url, path, checker = _probe(db)
     name = shown(url)
-    path = sqlite_file(url)
-    if path is not None:
-        _check_writable(path, creating=False)
-        check_sqlite_file(path)
-    checker = read_only_engine(url)
     try:
         if not sa.inspect(checker).has_table(SchemaInfo.__tablename__):
             raise StoreError(f"{name}: not a panostudy study database (no schema_info table); nothing to migrate")

@@ -196,6 +196,15 @@ def test_an_interrupted_run_exits_3_with_the_resume_command_and_migrate_says_wha
     assert f"resume it with: panostudy session resume --db {study} --participant P01 --backend headless" in result.output
     one_line_error(invoke("study", "migrate", "--db", study), "already at schema version 2")
 
+    def withdrawn(engine, backend, **options):   # the experimenter aborted: withdrawn
+        engine.withdraw("felt dizzy")
+        return SessionSummary(0, False, 0, "felt dizzy", engine.status)
+
+    monkeypatch.setattr("viewer.session_runner.run_session", withdrawn)
+    result = invoke("session", "run", "--db", study, "--participant", "P02", "--backend", "headless", "--simulate", 1)
+    assert result.exit_code == 4, result.output
+    assert "participant P02: withdrawn (felt dizzy)" in result.output and "resume" not in result.output
+
 
 def test_a_session_with_the_console_does_not_start_where_the_console_cannot_open(study, monkeypatch):
     from study.models import StudySession

@@ -50,7 +50,31 @@ def _read_table(path: Path, option: str):
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise AnalysisError(f"{option} {path}: cannot be read ({str(exc).splitlines()[0]}); export it again") from None
     _check_numbers(frame, path, option, first_row=2 if suffix == ".csv" else 1)
+    _parse_times(frame, path, option, first_row=2 if suffix == ".csv" else 1)
     return frame
+
+
+#: UTC time columns of the exports: text in a CSV, parsed here so that durations can be computed from them.
+_TIME_COLUMNS = ("shown_at", "answered_at")
+
+
+def _parse_times(frame, path: Path, option: str, first_row: int) -> None:
+    import numpy as np
+    import pandas as pd
+
+    for column in _TIME_COLUMNS:
+        if column not in frame.columns or isinstance(frame[column].dtype, pd.DatetimeTZDtype):
+            continue
+        times = pd.to_datetime(frame[column], utc=True, errors="coerce", format="ISO8601")
+        bad = times.isna() & frame[column].notna()
+        if bad.any():
+            position = int(np.flatnonzero(bad.to_numpy())[0])
+            where = "line" if first_row == 2 else "row"
+            raise AnalysisError(
+                f"{option} {path}: column '{column}' holds {frame[column].iloc[position]!r} at {where} "
+                f"{position + first_row}; every cell must be an ISO 8601 UTC time, fix it or export the file again"
+            )
+        frame[column] = times
 
 
 def _check_numbers(frame, path: Path, option: str, first_row: int) -> None:

@@ -92,6 +92,23 @@ def test_cli_analyze_on_csv_and_parquet_exports(small_study, tmp_path):
     assert pd.read_csv(out / "table1.csv")["screening"].eq("p913").all()
 
 
+def test_cli_analyze_on_a_csv_answers_export_parses_its_times(small_study, tmp_path):
+    """A CSV holds times as text; session durations need them as times (a CSV export once crashed analyze)."""
+    answers = tmp_path / "answers.csv"
+    small_study.answers.to_csv(answers, index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["analyze", "--answers", str(answers), "--out", str(out), "--study", "simulated"])
+    assert result.exit_code == 0, result.output
+    assert "first rating shown to last rating confirmed" in (out / "report.html").read_text(encoding="utf-8")
+    broken = small_study.answers.astype({"shown_at": str})
+    broken.loc[broken.index[3], "shown_at"] = "yesterday"
+    bad = tmp_path / "bad.csv"
+    broken.to_csv(bad, index=False)
+    result = CliRunner().invoke(app, ["analyze", "--answers", str(bad), "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 2
+    assert "column 'shown_at' holds 'yesterday' at line 5" in result.output
+
+
 def _write(frame, path):
     frame.to_csv(path, index=False)
     return str(path)

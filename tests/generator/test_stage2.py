@@ -197,14 +197,44 @@ def test_a_diffusion360_folder_without_its_files_is_refused_before_writing(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["front.png", "incomplete"]
 
 
-def test_the_first_step_gives_an_estimate_of_a_long_run(monkeypatch, capsys):
+def test_the_estimate_leaves_out_the_first_steps_warm_up():
+    from panostudy.cli._progress import estimate_remaining
+
+    # start at 100 s; step 1 ends at 156 s (warm-up), then 1 s a step
+    assert estimate_remaining([100.0], 20) is None
+    assert estimate_remaining([100.0, 156.0], 20) is None  # the first step alone says nothing
+    assert estimate_remaining([100.0, 156.0, 157.0], 20) == 18.0
+    assert estimate_remaining([100.0, 156.0, 157.0, 159.0], 20) == 17 * 1.5  # follows the steps as they come
+    assert estimate_remaining([100.0, 156.0, 157.0], 2) == 0.0
+
+
+def test_a_long_run_gets_one_estimate_from_its_steps_after_the_first(monkeypatch, capsys):
     import panostudy.cli._progress as progress_module
 
-    clock = iter([100.0, 130.0])
-    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: next(clock))
+    now = [100.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: now[0])
     with progress_module.GenerationProgress("cpu", hint="--preview is quicker.") as progress:
-        progress("stage 1 street", 0, 50)
-        progress("stage 1 street", 1, 50)
-    assert progress.estimates == {"stage 1 street": 1500.0}
-    err = capsys.readouterr().err
-    assert "the first of 50 took 30 s; about 25 min in all on cpu. --preview is quicker." in err.replace("\n", " ")
+        for done, at in enumerate([100.0, 156.0, 186.0, 216.0]):
+            now[0] = at
+            progress("stage 1 street", done, 50)
+        progress("stage 1 street", 0, 50)  # the next panorama's stage 1: no second estimate
+        for done, at in enumerate([300.0, 301.0, 302.0], start=1):
+            now[0] = at
+            progress("stage 1 street", done, 50)
+    assert progress.estimates == {"stage 1 street": 86.0 + 48 * 30.0}
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "30 s a step after the first (which took 56 s with the warm-up); about 24 min more on cpu." in err
+    assert "--preview is quicker." in err and err.count("a step after the first") == 1
+
+
+def test_a_short_run_gets_no_estimate_line_even_after_a_slow_first_step(monkeypatch, capsys):
+    import panostudy.cli._progress as progress_module
+
+    now = [0.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: now[0])
+    with progress_module.GenerationProgress("cpu") as progress:
+        for done, at in enumerate([0.0, 56.0, 57.0, 58.0]):  # generate image: 56 s warm-up, then 1 s a step
+            now[0] = at
+            progress("stage 1", done, 20)
+    assert progress.estimates["stage 1"] == 57.0 + 18.0
+    assert "a step after the first" not in capsys.readouterr().err

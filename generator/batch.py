@@ -27,7 +27,7 @@ from generator.manifest import (
     rank_manifest_path,
 )
 from generator.mask_guided_pipeline import load_mask_guided_pipeline
-from generator.panorama_pipeline import PanoramaSettings, load_panorama_pipeline
+from generator.panorama_pipeline import PanoramaSettings, check_completion_models, load_panorama_pipeline
 from generator.projection import reprojection_error
 from generator.scene_spec import Layout, SceneSpec, load_scene_spec
 from generator.seams import seam_scores
@@ -293,12 +293,14 @@ def generate_sets(
     todo = [item for item in mine if item.id not in done]
     skipped = len(mine) - len(todo)
     report = progress or (lambda stage, done, total: None)
-    report("panoramas", skipped, len(mine))
+    stage2_reference = panorama_model or model or (todo[0].spec.model if todo else None)
+    if todo:
+        check_completion_models(stage2_reference, controlnet, "--panorama-model" if panorama_model else "--model")
 
-    # 2. Load the models this process needs (stage 1 per model id, shared stage 2), check the chain's needs
+    # 2. Load the models this process needs (stage 1 per model id, shared stage 2), check the chain's needs; the
+    #    first progress report comes after, so that a model that cannot be used stops the run before any output.
     written: list[dict] = []
     if todo:
-        stage2_reference = panorama_model or model or todo[0].spec.model
         stage2_config = panorama_model_config if panorama_model else model_config
         completion = load_panorama_pipeline(
             stage2_reference, controlnet, device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling,
@@ -331,8 +333,7 @@ def generate_sets(
         references = {"stage2": stage2_reference, "controlnet": controlnet, "sr_weights": sr_weights,
                       "sr_base": sr_base, "sr_control": sr_control}  # fmt: skip
         stage1_pipelines: dict[str, object] = {}
-        manifest_path = rank_manifest_path(out_dir, rank)
-        for position, item in enumerate(todo, start=skipped + 1):
+        for item in todo:
             stage1_reference = model or item.spec.model
             if stage1_reference not in stage1_pipelines:
                 pipeline = load_mask_guided_pipeline(
@@ -340,6 +341,10 @@ def generate_sets(
                 )
                 pipeline.set_progress_bar_config(disable=True)  # the set's own progress display covers it
                 stage1_pipelines[stage1_reference] = pipeline
+        manifest_path = rank_manifest_path(out_dir, rank)
+        report("panoramas", skipped, len(mine))
+        for position, item in enumerate(todo, start=skipped + 1):
+            stage1_reference = model or item.spec.model
             try:
                 entry = _make_item(
                     item, stage1_pipelines[stage1_reference], stage1_reference, stage1, chosen, models, references,
@@ -354,6 +359,8 @@ def generate_sets(
             append_entry(manifest_path, entry)
             written.append(entry)
             report("panoramas", position, len(mine))
+    else:
+        report("panoramas", skipped, len(mine))
 
     # 3. Merge the per-rank manifests (under accelerate: once, after every process is done)
     if state is not None and state.num_processes > 1:

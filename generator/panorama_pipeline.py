@@ -497,6 +497,16 @@ def paste_known(panorama: np.ndarray, canvas: FrontFaceCanvas, feather: int) -> 
     return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
+def check_completion_models(model: str, controlnet: str | None, option: str = "--model") -> None:
+    """Refuses a completion base model without a ControlNet (only the tiny model brings its own), before any
+    model is loaded; ``option`` names the option that gave ``model``."""
+    if model != TINY_MODEL and controlnet is None:
+        raise PanostudyError(
+            f"--controlnet: {option} '{model}' needs a ControlNet (Diffusion360's sd-i2p folder or --diffusion360 DIR, "
+            "or lllyasviel/control_v11p_sd15_inpaint with an inpainting model)"
+        )
+
+
 def load_panorama_pipeline(
     model: str,
     controlnet: str | None,
@@ -541,11 +551,7 @@ def load_panorama_pipeline(
     PanostudyError
         If a model cannot be loaded (the message names the option and the path or id).
     """
-    if model != TINY_MODEL and controlnet is None:
-        raise PanostudyError(
-            f"--controlnet: {option} '{model}' needs a ControlNet (Diffusion360's sd-i2p folder or --diffusion360 DIR, "
-            "or lllyasviel/control_v11p_sd15_inpaint with an inpainting model)"
-        )
+    check_completion_models(model, controlnet, option)
     return build_controlnet_pipeline(
         PanoramaCompletionPipeline, model, controlnet, tiny_conditioning_channels=4, options=(option, "--controlnet"),
         device=device, fp16=fp16, cpu_offload=cpu_offload, vae_tiling=vae_tiling, seed=seed, config=config,

@@ -148,14 +148,14 @@ def resize_equirect(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return cropped[0].clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"4096x2048"`` → ``(4096, 2048)``; must be 2:1 and at most 8192×4096."""
+def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
+    """``"4096x2048"`` → ``(4096, 2048)``; must be 2:1 and at most 8192×4096. ``option`` names it in errors."""
     try:
         width, height = (int(part) for part in text.lower().split("x"))
     except ValueError:
-        raise PanostudyError(f"--size {text!r}: expected WIDTHxHEIGHT such as 4096x2048 or 8192x4096") from None
+        raise PanostudyError(f"{option} {text!r}: expected WIDTHxHEIGHT such as 4096x2048 or 8192x4096") from None
     if width != 2 * height or height < 16 or width > LARGE_SIZE[0]:
-        raise PanostudyError(f"--size {text}: must be 2:1 and at most 8192x4096, e.g. 4096x2048")
+        raise PanostudyError(f"{option} {text}: must be 2:1 and at most 8192x4096, e.g. 4096x2048")
     return width, height
 
 

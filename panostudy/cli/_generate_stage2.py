@@ -62,9 +62,12 @@ FinalPassOption = Annotated[
     bool, typer.Option("--final-pass/--no-final-pass", help="The chain's optional last refinement (Diffusion360: 6144 px).")
 ]
 
-TINY_NOTE = (
-    "model 'tiny': the offline random-weight model; its panoramas are PLACEHOLDERS (noise), for checking the "
-    "workflow only. Pass real weights with --model/--controlnet or --diffusion360 for stimuli."
+#: Shown by every generate command that runs the tiny model (the default without --model), once all checks passed.
+PLACEHOLDER_NOTE = (
+    "note: model 'tiny' (the default without --model): the offline random-weight model. Its images are "
+    "PLACEHOLDERS, NOT MEANINGFUL (noise shaped by random weights), for checking the workflow only. For real "
+    "stimuli pass --model (stage 1: stable-diffusion-v1-5/stable-diffusion-v1-5 or a local folder) and, for "
+    "panoramas, --diffusion360 DIR or --controlnet."
 )
 SEAM_MEANING = (
     "seam at ±180°, lower is better: about 1 means the wrap is as smooth as any two neighbouring columns, a "
@@ -81,7 +84,7 @@ def _completion_overrides(panorama_size, steps, guidance, prompt_prefix, blend=N
     """PanoramaSettings fields the user gave (None: keep the preset's)."""
     from generator.upscale import parse_size
 
-    width, height = parse_size(panorama_size) if panorama_size else (None, None)
+    width, height = parse_size(panorama_size, "--panorama-size") if panorama_size else (None, None)
     return dict(width=width, height=height, steps=steps, guidance_scale=guidance, prompt_prefix=prompt_prefix,
                 circular_blending=blend, wrap_decode=wrap_decode)  # fmt: skip
 
@@ -208,8 +211,6 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
             sr_base, sr_control = sr_base or found["sr_base"], sr_control or found["sr_control"]
             sr_weights = sr_weights or Path(found["sr_weights"])
         model = model or "tiny"
-        if model == "tiny":
-            err_console.print(TINY_NOTE, style="yellow", highlight=False)
         try:
             picture = np.asarray(Image.open(image).convert("RGB"))
         except OSError as exc:
@@ -239,6 +240,8 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
             for step in planned_chain(chosen, sr=sr, final_pass=final_pass, has_refiner=True):
                 if hasattr(step, "settings"):
                     refiner.check_inputs(final[1], final[0], step.settings)
+        if model == "tiny":
+            err_console.print(PLACEHOLDER_NOTE, style="yellow", highlight=False, soft_wrap=True)
         err_console.print(
             f"preset {chosen.name}: completion {chosen.completion.width}x{chosen.completion.height}, "
             f"{chosen.completion.steps} {chosen.completion.scheduler} steps, CFG {chosen.completion.guidance_scale:g}"
@@ -268,7 +271,9 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         scenes: Path = typer.Option(Path("data/scenes"), help="Folder of scene spec .toml files."),
         per_scene: int = typer.Option(..., "--per-scene", help="Panoramas per scene."),
         out: Path = typer.Option(..., "--out", help="Output folder (stimuli/); holds manifest.jsonl."),
-        model: Optional[str] = typer.Option(None, help="Stage-1 model (default: each spec's); 'tiny' = offline random."),
+        model: Optional[str] = typer.Option(
+            None, help="Stage-1 model: hub id, folder or .safetensors/.ckpt; default 'tiny' (offline random weights, "
+                       "placeholder images)."),  # fmt: skip
         model_config: Optional[str] = typer.Option(None, help="For a single-file --model: its config source."),
         controlnet: ControlNetOption = None,
         panorama_model: Optional[str] = typer.Option(None, help="Stage-2 base model (default: the stage-1 model)."),
@@ -315,10 +320,13 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
             raise PanostudyError(f"--guide-tokens {guide_tokens}: use one of {', '.join(GUIDE_TOKENS)}")
         overrides = _completion_overrides(panorama_size, steps, guidance, prompt_prefix)
         target = parse_size(size) if size else None
-        if model == "tiny":
-            err_console.print(TINY_NOTE, style="yellow", highlight=False)
+        model = model or "tiny"
+        placeholder = "tiny" in (model, panorama_model)
         device = "cuda" if _cuda_available() else "cpu"
-        with _notices_as_they_come(), GenerationProgress(device, hint="--preview checks the specs quickly.") as progress:
+        # The note comes with the first bar: after generate_sets has checked every option and loaded the models.
+        progress = GenerationProgress(device, hint="" if preview else "--preview checks the specs quickly.",
+                                      notice=PLACEHOLDER_NOTE if placeholder else "")  # fmt: skip
+        with _notices_as_they_come(), progress:
             result = generate_sets(
                 scenes, per_scene, model, out, rank=rank, world_size=world_size, progress=progress,
                 controlnet=controlnet, panorama_model=panorama_model, sr_weights=sr_weights, size=target,
@@ -337,11 +345,11 @@ def _print_set(result) -> None:
 
     from panostudy.cli._console import console
 
+    shard = f"rank {result.rank}/{result.world_size}: " if result.world_size > 1 else ""  # only a sharded run has ranks
     console.print(
-        f"rank {result.rank}/{result.world_size}: made {len(result.written)}, skipped {result.skipped} "
-        f"already finished; manifest {result.manifest}",
-        soft_wrap=True,
-    )
+        f"{shard}made {len(result.written)}, skipped {result.skipped} already finished; manifest {result.manifest}",
+        soft_wrap=True, highlight=False,
+    )  # fmt: skip
     if not result.written:
         return
     console.print(

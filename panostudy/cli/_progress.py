@@ -106,17 +106,19 @@ class GenerationProgress:
         return time.perf_counter()
 
     def __enter__(self) -> GenerationProgress:
-        self._progress.start()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._progress.stop()
+        # Started with the first bar only: a display started and stopped empty leaves a blank line (before an error).
+        if self._progress.live.is_started:
+            self._progress.stop()
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         """Show ``done`` of ``total`` for ``stage``; ``done = 0`` (re)starts the stage's clock and bar."""
-        if self.notice:
-            self._progress.console.print(f"[yellow]{self.notice}[/]", highlight=False, soft_wrap=True)
-            self.notice = ""
+        if not self._progress.live.is_started:
+            if self.notice:
+                self._progress.console.print(self.notice, style="yellow", markup=False, highlight=False, soft_wrap=True)
+            self._progress.start()
         task = self._tasks.get(stage)
         if task is None or done == 0:
             # A stage started again (the next panorama of a set) gets a fresh bar in place of its old one.

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from panostudy.cli._generate_stage2 import add_stage2_commands
+from panostudy.cli._generate_stage2 import PLACEHOLDER_NOTE, add_stage2_commands
 from study.errors import PanostudyError
 
 generate_app = typer.Typer(
@@ -25,12 +25,6 @@ generate_app = typer.Typer(
 
 #: Side of the offline tiny model's images: its native size; larger sizes cost time and mean nothing more.
 TINY_SIDE = 64
-PLACEHOLDER_NOTE = (
-    "no --model given: using the offline tiny random-weight model. Its images are PLACEHOLDERS, NOT MEANINGFUL "
-    "(noise shaped by random weights, for checking the workflow only). Pass --model "
-    "stable-diffusion-v1-5/stable-diffusion-v1-5 or a local diffusers folder for real stimuli."
-)
-
 
 #: Stage-1 image side and steps of ``--preview`` with real weights: enough to judge a layout, a fraction of the time.
 PREVIEW_SIDE = 256
@@ -136,8 +130,6 @@ def image(
     guided_steps = steps // 2 if guided_steps is None else guided_steps
     if guided_steps > steps:
         raise PanostudyError(f"--guided-steps {guided_steps}: at most --steps ({steps})")
-    if placeholder:
-        err_console.print(f"[bold yellow]note:[/] {PLACEHOLDER_NOTE}", highlight=False, soft_wrap=True)
     side = size or (TINY_SIDE if placeholder else min(spec.height, PREVIEW_SIDE) if preview else spec.height)
     height, width = stage1_size(spec, side)
     if height % 8:
@@ -155,6 +147,8 @@ def image(
         model, device=device, fp16=fp16, attention_slicing=attention_slicing, config=model_config
     )
     pipeline.set_progress_bar_config(disable=True)
+    if placeholder:  # every option and the model checked: nothing but the note before the bars
+        err_console.print(PLACEHOLDER_NOTE, style="yellow", highlight=False, soft_wrap=True)
 
     def generate(progress, stage: str, step_size: float):
         progress(stage, 0, steps)

@@ -44,14 +44,34 @@ def sr_weights(tmp_path_factory):
     return _weights(tmp_path_factory.mktemp("sr") / "RealESRGAN_x2plus.pth", 2)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 @pytest.fixture(scope="module")
-def one_process_set(tmp_path_factory, scenes, sr_weights):
+def one_process_run(tmp_path_factory, scenes, sr_weights):
+    """The tiny set made without --model (the default is the tiny model, as in generate image and panorama)."""
     out = tmp_path_factory.mktemp("set1")
+    without_model = [option for option in TINY_SET if option not in ("--model", "tiny")]
     result = CliRunner().invoke(
-        app, ["generate", "sets", "--scenes", str(scenes), "--out", str(out), "--sr-weights", str(sr_weights), *TINY_SET]
+        app, ["generate", "sets", "--scenes", str(scenes), "--out", str(out), "--sr-weights", str(sr_weights), *without_model]
     )
     assert result.exit_code == 0, result.output
-    return out
+    return out, result.output
+
+
+@pytest.fixture(scope="module")
+def one_process_set(one_process_run):
+    return one_process_run[0]
+
+
+def test_sets_without_model_use_the_tiny_model_and_say_so_first(one_process_run):
+    from panostudy.cli._generate_stage2 import PLACEHOLDER_NOTE
+
+    out, output = one_process_run
+    assert _one_line(output).startswith(_one_line(PLACEHOLDER_NOTE))  # the note, before any bar
+    assert {entry["stage1"]["model"]["id"] for entry in read_manifest_lines(out / "manifest.jsonl")} == {"tiny"}
+    assert "rank 0/1" not in output and "made 2, skipped 0 already finished" in output
 
 
 def _images(out: Path) -> dict[str, np.ndarray]:
@@ -159,6 +179,31 @@ def test_bad_arguments_fail_in_one_line_before_writing(tmp_path, scenes):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["image", "--scene", "data/scenes/vehicle.toml", "--size", "100"], "--size 100: must be a multiple of 8"),
+        (["panorama", "FRONT", "--panorama-size", "300x100"], "--panorama-size 300x100: must be 2:1"),
+        (["panorama", "FRONT", "--panorama-size", "132x66"], "panorama size 132x66: must be 2:1 with the height"),
+        (["sets", "--scenes", "SCENES", "--per-scene", "1", "--panorama-size", "132x66"], "panorama size 132x66"),
+        (["sets", "--scenes", "SCENES", "--per-scene", "1", "--model", "stable-diffusion-v1-5/stable-diffusion-v1-5"],
+         "--controlnet: --model 'stable-diffusion-v1-5/stable-diffusion-v1-5' needs a ControlNet"),
+    ],
+    ids=["image-size", "panorama-size-option", "panorama-size-model", "sets-size-model", "sets-controlnet"],
+)
+def test_bad_input_is_one_line_before_any_note_or_bar(tmp_path, scenes, command, expected):
+    """No placeholder note, bar or blank line comes before the error: every option is checked first."""
+    source = tmp_path / "front.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(source)
+    out = tmp_path / ("out" if command[0] == "sets" else "out.png")
+    command = [{"FRONT": str(source), "SCENES": str(scenes)}.get(part, part) for part in command]
+    result = CliRunner().invoke(app, ["generate", *command, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    assert expected in _one_line(result.output)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["front.png"]
+
+
 def test_out_of_memory_names_the_options_that_cut_memory(tmp_path, scenes, monkeypatch):
     import generator.batch
 
@@ -180,6 +225,9 @@ def test_panorama_command_writes_a_gpano_png(tmp_path):
               "--steps", "2"],  # fmt: skip
     )
     assert result.exit_code == 0, result.output
+    from panostudy.cli._generate_stage2 import PLACEHOLDER_NOTE
+
+    assert _one_line(result.output).startswith(_one_line(PLACEHOLDER_NOTE))  # the same note as generate image/sets
     assert read_gpano(out)["FullPanoWidthPixels"] == "256"
     assert "lower is better" in result.output and "final 256x128: Discontinuity Score" in result.output
     assert json.loads(json.dumps(read_gpano(out)))  # plain strings, serialisable

@@ -53,6 +53,9 @@ class DemoSettings:
         Panoramas per scene.
     model : str or None
         Stage-1 model id or folder; None is the offline tiny random-weight model (placeholder images).
+    controlnet, panorama_model, diffusion360 : str or None
+        Stage 2's models, as ``generate sets --controlnet/--panorama-model/--diffusion360`` takes them; a real
+        ``model`` needs ``controlnet`` or ``diffusion360``.
     seed : int
         Seeds the rater model and the head motion.
     size : (int, int) or None
@@ -68,6 +71,9 @@ class DemoSettings:
     participants: int = 32
     per_scene: int = 1
     model: str | None = None
+    controlnet: str | None = None
+    panorama_model: str | None = None
+    diffusion360: str | None = None
     seed: int = 2025
     size: tuple[int, int] | None = None
     eye_size: int = 96
@@ -100,6 +106,11 @@ def check_settings(settings: DemoSettings) -> None:
         raise PanostudyError(f"--participants {settings.participants}: at least 2 are needed for confidence intervals")
     if settings.per_scene < 1:
         raise PanostudyError(f"--per-scene {settings.per_scene}: at least 1 panorama per scene is needed")
+    if not settings.placeholder and settings.controlnet is None and settings.diffusion360 is None:
+        raise PanostudyError(
+            f"--model {settings.model}: stage 2 needs its ControlNet too; add --diffusion360 DIR (Diffusion360's "
+            "folder), or --controlnet (with --panorama-model for an inpainting base)"
+        )
 
 
 def check_output_folder(out: Path) -> None:
@@ -121,7 +132,20 @@ def generate_command(settings: DemoSettings) -> list[str]:
         return command + ["--model", "tiny", "--size", f"{width}x{height}", "--panorama-size", "256x128",
                           "--steps", "4", "--stage1-size", "64", "--stage1-steps", "4"]
     width, height = settings.size or (4096, 2048)
-    return command + ["--model", settings.model, "--size", f"{width}x{height}"]
+    command += ["--model", settings.model, "--size", f"{width}x{height}"]
+    for option, value in (("--controlnet", settings.controlnet), ("--panorama-model", settings.panorama_model),
+                          ("--diffusion360", settings.diffusion360)):  # fmt: skip
+        if value is not None:
+            command += [option, str(value)]
+    return command
+
+
+class GenerationFailed(PanostudyError):
+    """The generator's child process failed; it has printed its own one-line error."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"generating the scene sets failed (exit code {exit_code}); see the message above")
+        self.exit_code = exit_code
 
 
 def generate_stimuli(settings: DemoSettings) -> Path:
@@ -132,12 +156,12 @@ def generate_stimuli(settings: DemoSettings) -> Path:
 
     Raises
     ------
-    PanostudyError
+    GenerationFailed
         If the generator fails; its own one-line error has been printed above.
     """
     done = subprocess.run(generate_command(settings))
     if done.returncode != 0:
-        raise PanostudyError(f"generating the scene sets failed (exit code {done.returncode}); see the message above")
+        raise GenerationFailed(done.returncode)
     return settings.out / STIMULI_DIR / "manifest.jsonl"
 
 

@@ -84,3 +84,33 @@ def test_bad_demo_settings_name_the_option(tmp_path, settings, option):
 def test_participant_codes_are_pseudonymous_and_sortable():
     assert participant_codes(3) == ("P01", "P02", "P03")
     assert participant_codes(120)[0] == "P001"
+
+
+def test_a_real_model_without_stage_2_models_is_refused_before_any_output(tmp_path):
+    out = tmp_path / "real"
+    done = _demo(out, "--model", "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: --model stable-diffusion-v1-5/stable-diffusion-v1-5: stage 2 needs")
+    assert len(done.stderr.splitlines()) == 1 and "--diffusion360 DIR" in done.stderr and "--controlnet" in done.stderr
+    assert not out.exists()
+
+
+def test_the_demo_passes_stage_2_models_to_generate_sets_under_its_option_names(tmp_path):
+    from panostudy.demo import generate_command
+
+    settings = DemoSettings(out=tmp_path, model="sd15", controlnet="inpaint-cn", panorama_model="sd15-inpainting",
+                            diffusion360="weights/d360")  # fmt: skip
+    check_settings(settings)
+    command = generate_command(settings)
+    pairs = dict(zip(command[3:], command[4:]))
+    assert command[1:5] == ["-m", "panostudy", "generate", "sets"]
+    for option, value in {"--model": "sd15", "--controlnet": "inpaint-cn", "--panorama-model": "sd15-inpainting",
+                          "--diffusion360": "weights/d360"}.items():  # fmt: skip
+        assert pairs[option] == value
+    check_settings(DemoSettings(out=tmp_path, model="sd15", diffusion360="weights/d360"))
+
+
+def test_a_failing_generator_leaves_its_own_line_as_the_only_one(tmp_path):
+    done = _demo(tmp_path / "broken", "--model", str(tmp_path / "no-such-model"), "--controlnet", str(tmp_path / "no-cn"))
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1 and "no-such-model" in done.stderr and done.stderr.startswith("error: ")

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from panostudy.cli._console import console, err_console
+from panostudy.cli._console import console
+from panostudy.cli._generate_stage2 import ControlNetOption, Diffusion360Option
 from study.errors import PanostudyError
 
 #: What a folder written by the demo holds; only such a folder is ever offered for replacement.
@@ -42,8 +43,14 @@ def register(app: typer.Typer) -> None:
         per_scene: Annotated[int, typer.Option(help="Panoramas generated per scene.")] = 1,
         model: Annotated[
             Optional[str],
-            typer.Option(help="Stage-1 model (hub id or local folder, GPU advised); omit for the offline placeholder model."),
+            typer.Option(help="Stage-1 model (hub id or local folder, GPU advised; with --diffusion360 or --controlnet); "
+                              "omit for the offline placeholder model."),
         ] = None,
+        controlnet: ControlNetOption = None,
+        panorama_model: Annotated[
+            Optional[str], typer.Option(help="Stage-2 base model (default: the stage-1 model).")
+        ] = None,
+        diffusion360: Diffusion360Option = None,
         seed: Annotated[int, typer.Option(help="Seed of the simulated raters and head motion.")] = 2025,
         screening: Annotated[str, typer.Option(help="Observer screening: none, bt500, p913 or mle.")] = "bt500",
     ) -> None:
@@ -51,21 +58,19 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from panostudy.cli.analyze import report_study
-        from panostudy.demo import DemoSettings, check_settings, run_demo
+        from panostudy.demo import DemoSettings, GenerationFailed, check_settings, run_demo
 
         # 1. Validate everything before writing anything.
-        settings = DemoSettings(out=out, participants=participants, per_scene=per_scene, model=model, seed=seed)
+        settings = DemoSettings(out=out, participants=participants, per_scene=per_scene, model=model,
+                                controlnet=controlnet, panorama_model=panorama_model,
+                                diffusion360=None if diffusion360 is None else str(diffusion360), seed=seed)
         if screening not in ("none", "bt500", "p913", "mle"):
             raise PanostudyError(f"--screening {screening!r} is unknown; choose one of none, bt500, p913, mle")
         check_settings(settings)
         _make_room(out)
-        if settings.placeholder:
-            err_console.print(
-                "[bold yellow]note:[/] no --model given: the panoramas come from the offline tiny random-weight model. "
-                "They are PLACEHOLDERS, not meaningful images; the study, viewer and analysis around them are real."
-            )
 
-        # 2. Generate (the generator draws its own progress bar), import, run participants.
+        # 2. Generate (the generator draws its own progress bar and says when its images are placeholders), import,
+        #    run participants.
         # Started on the first participant, so that it does not fight with the generator's own bar.
         progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=console)
@@ -80,14 +85,18 @@ def register(app: typer.Typer) -> None:
 
         try:
             result = run_demo(settings, advance)
+        except GenerationFailed as failed:
+            if failed.exit_code == 2:  # the generator's one-line error is above; a second line would only repeat it
+                raise typer.Exit(2) from None
+            raise
         finally:
-            progress.stop()
+            if progress.live.is_started:  # stopping a display that never started prints an empty line
+                progress.stop()
 
         # 3. Analyse and report.
-        report = report_study(result.db, screening=screening, out=out / "report")
+        report_study(result.db, screening=screening, out=out / "report")
         console.print(f"stimuli:  {result.stimuli} (manifest {result.manifest.name})", highlight=False, soft_wrap=True)
         console.print(f"study:    {result.db} ({len(result.participants)} participants)", highlight=False, soft_wrap=True)
-        console.print(f"report:   {report}", highlight=False, soft_wrap=True)
         if settings.placeholder:
             console.print("Ratings were simulated with the paper's Table 1 as the true scene quality; "
                           "the images are placeholders from the tiny model.", highlight=False)

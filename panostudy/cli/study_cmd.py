@@ -47,7 +47,7 @@ def init(
 @study_app.command("import-stimuli")
 def import_stimuli(
     db: DbOption,
-    source: Annotated[Path, typer.Argument(help="A folder (one sub-folder per scene) or a generator manifest .jsonl.")],
+    source: Annotated[Path, typer.Argument(help="A folder (one sub-folder per scene), a generator manifest .jsonl, or the generator's output folder (read through its manifest.jsonl).")],
     scene: Annotated[Optional[str], typer.Option("--scene", help="Scene of every image (instead of sub-folder names).")] = None,
     training: Annotated[bool, typer.Option("--training", help="Import as training panoramas (excluded from analysis).")] = False,
     downscale_into: Annotated[
@@ -60,13 +60,19 @@ def import_stimuli(
     from study.store import import_stimuli as run_import
     from study.store import open_study
 
-    with open_study(db) as study, Progress(console=console, transient=True) as progress:
+    generated = source.is_dir() and (source / "manifest.jsonl").is_file()
+    if generated:  # the generator's own output: its manifest names the panoramas (the *_front.png are stage 1's)
+        source = source / "manifest.jsonl"
+    # Drawn only at a terminal: elsewhere the stopped display left an empty line before the output or the error.
+    with open_study(db) as study, Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("checking images", total=None)
         report = run_import(
             study, source, scene=scene, training=training, downscale_into=downscale_into,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     scenes = ", ".join(f"{name}: {count}" for name, count in sorted(report.per_scene.items())) or "none"
+    if generated:
+        console.print(f"read the generator's manifest {source}", soft_wrap=True, highlight=False)
     console.print(f"imported {report.added} stimuli ({scenes}); {report.already_present} were already in the study")
 
 

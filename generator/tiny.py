@@ -219,7 +219,9 @@ def tiny_mask_guided_pipeline(seed: int = 0) -> MaskGuidedStableDiffusionPipelin
     """The mask-guided pipeline on :func:`tiny_sd_components` (placeholder images, not meaningful)."""
     from generator.mask_guided_pipeline import MaskGuidedStableDiffusionPipeline
 
-    return MaskGuidedStableDiffusionPipeline(**tiny_sd_components(seed), requires_safety_checker=False)
+    pipeline = MaskGuidedStableDiffusionPipeline(**tiny_sd_components(seed), requires_safety_checker=False)
+    pipeline.warn_attention_fallback = False  # its 16x16 maps at 64² are what it is built for, nothing to warn of
+    return pipeline
 
 
 def tiny_controlnet(seed: int = 0, conditioning_channels: int = 4):

@@ -248,7 +248,8 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
             f" → {final[0]}x{final[1]}", highlight=False, soft_wrap=True,
         )  # fmt: skip
         models = Stage2Models(completion=pipeline, sr_model=sr_model, refiner=refiner)
-        with GenerationProgress(device, hint="" if preview else "--preview checks the input in a few steps.") as progress:
+        hint = "" if preview or model == "tiny" else "--preview checks the input in a few steps."
+        with GenerationProgress(device, hint=hint) as progress:
             result = run_stage2(picture, prompt, chosen, models, seed=seed, size=final, sr=sr, final_pass=final_pass,
                                 sr_tile=sr_tile, progress=progress)  # fmt: skip
             unblended = None
@@ -324,8 +325,9 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         placeholder = "tiny" in (model, panorama_model)
         device = "cuda" if _cuda_available() else "cpu"
         # The note comes with the first bar: after generate_sets has checked every option and loaded the models.
-        progress = GenerationProgress(device, hint="" if preview else "--preview checks the specs quickly.",
-                                      notice=PLACEHOLDER_NOTE if placeholder else "")  # fmt: skip
+        # --preview is worth suggesting only when it is not on and real weights make the run long.
+        hint = "" if preview or placeholder else "`panostudy generate sets --preview` checks the specs quickly."
+        progress = GenerationProgress(device, hint=hint, notice=PLACEHOLDER_NOTE if placeholder else "")
         with _notices_as_they_come(), progress:
             result = generate_sets(
                 scenes, per_scene, model, out, rank=rank, world_size=world_size, progress=progress,
@@ -358,8 +360,11 @@ def _print_set(result) -> None:
         soft_wrap=True,
     )
     table = Table(box=None, pad_edge=False)
-    for column in ("panorama", "preset", "alignment", "mask area", "seam DS", "seam DS before SR"):
-        table.add_column(column, justify="left" if column in ("panorama", "preset") else "right")
+    # Nothing is cut at 80 columns: ids and presets keep their width, the headers take two lines.
+    table.add_column("panorama", no_wrap=True, min_width=max(len(entry["id"]) for entry in result.written))
+    table.add_column("preset", no_wrap=True, min_width=max(len(entry["stage2"]["preset"]) for entry in result.written))
+    for header in ("mask\nalignment", "mask\narea", "seam DS", "seam DS\nbefore SR"):
+        table.add_column(header, justify="right", no_wrap=True)
     for entry in result.written:
         alignment = entry["stage1"]["mask_alignment"]
         area = entry["stage1"]["mask_area"]

@@ -169,7 +169,7 @@ def image(
         )
 
     started = time.perf_counter()
-    with GenerationProgress(device, hint="" if preview else PREVIEW_HINT) as progress:
+    with GenerationProgress(device, hint="" if preview or placeholder else PREVIEW_HINT) as progress:
         output = generate(progress, f"stage 1 {spec.scene}/{chosen_layout}", 20.0)
         elapsed = time.perf_counter() - started
         unguided = generate(progress, "stage 1 unguided reference", 0.0) if compare_unguided else None

@@ -252,3 +252,38 @@ def test_accelerate_process_group_shards_and_merges_once(tmp_path, scenes, one_p
     # Two separate processes (one torch thread each) reproduce the one-process images.
     reference, launched = _images(one_process_set), _images(out)
     assert all(np.abs(reference[k].astype(int) - launched[k]).max() <= 2 for k in reference)
+
+
+def test_the_generators_output_folder_imports_through_its_manifest(tmp_path, one_process_set):
+    """`study import-stimuli out/stimuli/` on a set: the panoramas of its manifest, not the stage-1 *_front.png."""
+    db = tmp_path / "study.sqlite"
+    runner = CliRunner()
+    assert runner.invoke(app, ["study", "init", "--db", str(db), "--protocol", str(ROOT / "protocols" / "dong2025.toml")]).exit_code == 0
+    assert list(one_process_set.rglob("*_front.png"))  # what the folder import failed on ("64x64 is not 2:1")
+    result = runner.invoke(app, ["study", "import-stimuli", "--db", str(db), str(one_process_set)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("read the generator's manifest ")  # no empty line first
+    assert "imported 2 stimuli (street: 1, vehicle: 1)" in _one_line(result.output)
+
+
+def test_the_set_summary_cuts_no_name_at_80_columns(capsys):
+    from types import SimpleNamespace
+
+    from panostudy.cli._console import console
+    from panostudy.cli._generate_stage2 import _print_set
+
+    def entry(name):
+        return {"id": name, "stage2": {"preset": "diffusion360"}, "stage1": {"mask_alignment": {"a": 0.5},
+                "mask_area": {"a": 0.2}}, "seams": {"discontinuity": 0.4}, "seams_before_sr": {"discontinuity": 0.6}}  # fmt: skip
+
+    names = ["mountainous/mountainous_a/s41", "vehicle/vehicle_a/s11"]
+    width = console.width
+    console.width = 80
+    try:
+        _print_set(SimpleNamespace(rank=0, world_size=1, written=[entry(n) for n in names], skipped=0, manifest="m"))
+    finally:
+        console.width = width
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()]
+    assert "…" not in out and [row[:2] for row in rows if row[0] in names] == [[name, "diffusion360"] for name in names]
+    assert out.startswith("made 2, skipped 0 already finished")  # no "rank 0/1" outside a sharded run

@@ -347,3 +347,21 @@ def test_a_saved_pipeline_loads_back_from_a_local_folder(tmp_path, tiny_pipe):
     reloaded = run(loaded, seed=7, steps=2, step_size=1e3)
     np.testing.assert_allclose(reloaded.images, original.images, atol=1e-6)
     assert reloaded.mask_alignment == pytest.approx(original.mask_alignment)
+
+
+def test_only_a_unet_that_should_have_image_32_maps_is_warned_of_the_fallback(get_dummy_components, caplog):
+    """The tiny model never has image/32 maps (the demo showed its warning to every user); another UNet is warned."""
+    import logging
+
+    from generator import mask_guided_pipeline as module
+    from generator.tiny import tiny_mask_guided_pipeline
+
+    module._warn_coarse_attention.cache_clear()
+    with caplog.at_level(logging.WARNING, logger=module.__name__):
+        assert tiny_mask_guided_pipeline(0).default_attention_resolution(64, 64) == (16, 16)
+    assert caplog.records == []
+    other = module.MaskGuidedStableDiffusionPipeline(**get_dummy_components(0), requires_safety_checker=False)
+    with caplog.at_level(logging.WARNING, logger=module.__name__):
+        assert other.default_attention_resolution(64, 64) == (16, 16)
+    assert "no cross-attention at 2x2 (image/32)" in caplog.text
+    module._warn_coarse_attention.cache_clear()

@@ -18,12 +18,31 @@ from typer.core import TyperGroup
 #: Files and folders the command creates are the owner's only: studies hold participant data.
 PRIVATE_UMASK = 0o077
 
+#: Narrower than this, rich's option tables cut long option names ("--panorama-mode…"); click's plain help,
+#: one option a line with its help wrapped beside it, stays readable at 80 columns.
+RICH_HELP_MIN_WIDTH = 100
+
+
+def _tidy_help(command, plain: bool) -> None:
+    """Every flag without a value placeholder (typer shows ``<bool>``, yet a flag takes no value), and plain help
+    on a narrow terminal; for ``command`` and every command under it."""
+    if plain:
+        command.rich_markup_mode = None
+    for param in command.params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _tidy_help(sub, plain)
+
 
 class _OneLineErrors(TyperGroup):
     """Runs a command with a private umask and turns every user-caused failure into one line and exit code 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         args = sys.argv[1:] if args is None else list(args)
+        from panostudy.cli._console import console
+
+        _tidy_help(self, plain=console.width < RICH_HELP_MIN_WIDTH)
         previous = os.umask(PRIVATE_UMASK)
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)

@@ -58,3 +58,23 @@ def test_importing_the_viewer_core_needs_no_gl_glfw_or_openvr():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_without_steamvr_libopenvr_writes_nothing_before_our_one_line():
+    """libopenvr wrote "Unable to read VR Path Registry from …" to stderr before the backend's error line."""
+    openvr = pytest.importorskip("openvr")
+    if openvr.isRuntimeInstalled():
+        pytest.skip("SteamVR is installed here; this test is for machines without it")
+    probe = (
+        "from study.errors import BackendUnavailable\n"
+        "from viewer.backends.openvr import OpenVRBackend\n"
+        "print(OpenVRBackend.why_not())\n"
+        "try:\n"
+        "    OpenVRBackend().open()\n"
+        "except BackendUnavailable as exc:\n"
+        "    print(exc.why_not)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == ""
+    why_not, init_error = done.stdout.splitlines()
+    assert "SteamVR is not installed" in why_not and "SteamVR is not installed" in init_error

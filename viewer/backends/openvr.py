@@ -23,18 +23,27 @@ import numpy as np
 from study.errors import BackendUnavailable
 from viewer.backends.base import Frame, FrameInput, HeadSample, InputEvent
 from viewer.backends.headset import HeadsetBackend, PressEdge, laser_ray
+from viewer.backends.openxr import captured_stderr
 from viewer.camera import eye_pose, pose_matrix, tangents_from_projection_raw
 from viewer.renderer import GREY_SRGB, EyeView, finish
 
 ACTION_SET = "/actions/panostudy"
 
 
+def _probe(openvr) -> tuple[bool, bool]:
+    """``(runtime installed, HMD present)``; what libopenvr writes to stderr meanwhile ("Unable to read VR Path
+    Registry from …") is dropped, so that a missing SteamVR ends in our one line only."""
+    with captured_stderr():
+        return bool(openvr.isRuntimeInstalled()), bool(openvr.isHmdPresent())
+
+
 def _init_error_reason(exc: Exception, openvr) -> str:
     """One line naming the OpenVR init error and its likely cause."""
     hints = []
-    if not openvr.isRuntimeInstalled():
+    installed, present = _probe(openvr)
+    if not installed:
         hints.append("SteamVR is not installed (install it from Steam and run it once)")
-    if not openvr.isHmdPresent():
+    if not present:
         hints.append("no HMD detected (connect and power the headset, or enable SteamVR's null driver)")
     cause = "; ".join(hints) or "start SteamVR and check the headset status"
     return f"openvr.init failed with {type(exc).__name__}: {cause}; use --backend desktop without a headset"
@@ -63,9 +72,10 @@ class OpenVRBackend(HeadsetBackend):
             import openvr
         except ImportError as exc:
             return f"pyopenvr is not installed ({exc}); pip install 'panostudy[vr]'"
-        if not openvr.isRuntimeInstalled():
+        installed, present = _probe(openvr)
+        if not installed:
             return "SteamVR is not installed (openvr.isRuntimeInstalled() is false); use --backend desktop"
-        if not openvr.isHmdPresent():
+        if not present:
             return "no HMD detected (openvr.isHmdPresent() is false); connect the headset or use --backend desktop"
         return None
 
@@ -76,7 +86,8 @@ class OpenVRBackend(HeadsetBackend):
             raise BackendUnavailable(self.name, f"pyopenvr is not installed ({exc}); pip install 'panostudy[vr]'") from None
         self._openvr = openvr
         try:
-            self.vr = openvr.init(openvr.VRApplication_Scene)
+            with captured_stderr():  # libopenvr's own lines on a failed init; ours names the cause below
+                self.vr = openvr.init(openvr.VRApplication_Scene)
         except openvr.error_code.InitError as exc:
             raise BackendUnavailable(self.name, _init_error_reason(exc, openvr)) from None
         try:

@@ -264,6 +264,10 @@ def test_the_generators_output_folder_imports_through_its_manifest(tmp_path, one
     assert result.exit_code == 0, result.output
     assert result.output.startswith("read the generator's manifest ")  # no empty line first
     assert "imported 2 stimuli (street: 1, vehicle: 1)" in _one_line(result.output)
+    without_manifest = runner.invoke(app, ["study", "import-stimuli", "--db", str(db), str(one_process_set / "street"),
+                                           "--scene", "street"])  # fmt: skip
+    assert without_manifest.exit_code == 2 and without_manifest.output.startswith("error: ")  # no empty line first
+    assert without_manifest.output.count("\n") == 1 and "_front.png: 64x64 is not 2:1" in without_manifest.output
 
 
 def test_the_set_summary_cuts_no_name_at_80_columns(capsys):

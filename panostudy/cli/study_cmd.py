@@ -12,7 +12,8 @@ from panostudy.cli._console import console
 DbOption = Annotated[
     str, typer.Option("--db", help="Study database: a SQLite file path (created by 'study init') or a SQLAlchemy URL.")
 ]
-CodeOption = Annotated[str, typer.Option("--code", help="Pseudonymous participant code (letters, digits, - and _).")]
+CodeOption = Annotated[str, typer.Option("--code", help="Pseudonymous participant code of the protocol's pattern "
+                                         "(default: letters then digits, e.g. P07, LAB2-013).")]
 
 study_app = typer.Typer(
     name="study",
@@ -86,13 +87,15 @@ def migrate(db: DbOption) -> None:
 def add_participant(
     db: DbOption,
     code: CodeOption,
-    age: Annotated[Optional[int], typer.Option("--age", help="Age in years (optional).")] = None,
-    gender: Annotated[Optional[str], typer.Option("--gender", help="Gender as the participant states it (optional).")] = None,
+    age: Annotated[Optional[int], typer.Option("--age", help="Age in years (optional), within the protocol's range.")] = None,
+    gender: Annotated[Optional[str], typer.Option(
+        "--gender", help="One of the protocol's choices (default: female, male, non-binary, prefer not to say; optional).")] = None,
     vision_correction: Annotated[
-        Optional[str], typer.Option("--vision-correction", help="e.g. none, glasses, contact lenses (optional).")
+        Optional[str], typer.Option("--vision-correction", help="One of the protocol's choices (default: none, glasses, "
+                                    "contact lenses; optional).")
     ] = None,
 ) -> None:
-    """Enrol a participant under a pseudonymous code."""
+    """Enrol a participant under a pseudonymous code; the protocol's [enrolment] says which codes and values it takes."""
     from study.store import add_participant as enrol
     from study.store import open_study
 

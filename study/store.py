@@ -17,7 +17,8 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -36,11 +37,13 @@ from study.database import (
     shown,
     sqlite_file,
     sqlite_lock_holders,
+    try_run_lock,
 )
-from study.errors import StimulusError, StoreError
+from study.errors import SessionError, StimulusError, StoreError
 from study.models import (
     SCHEMA_VERSION,
     Base,
+    Event,
     Participant,
     SchemaInfo,
     Stimulus,
@@ -548,6 +551,49 @@ def _enrol_once(db: StudyDB, code: str, **demographics) -> Participant:
     return participant
 
 
+@contextmanager
+def running(db: StudyDB, code: str) -> Iterator[None]:
+    """Holds the participant's run lock while the block runs: one participant's session runs on one station
+    (one process) at a time, and nobody withdraws or erases them meanwhile.
+
+    The lock is the database system's own (:func:`study.database.try_run_lock`), so a process that dies,
+    even by ``kill -9``, releases it at once and ``session resume`` can follow straight away.
+
+    Raises
+    ------
+    StoreError
+        If the participant is not enrolled.
+    SessionError
+        If another process holds the participant's lock: it is running a session of theirs now.
+    """
+    with db.Session() as session:
+        participant = get_participant(session, db, code)
+        open_row = session.execute(
+            sa.select(StudySession.id, StudySession.number, StudySession.station)
+            .where(StudySession.participant_id == participant.id, StudySession.status.in_(("planned", "running")))
+            .order_by(StudySession.number.desc())
+        ).first()
+        where = ""
+        if open_row is not None:
+            resumed = session.scalars(
+                sa.select(Event.detail).where(Event.session_id == open_row.id, Event.kind == "resumed")
+                .order_by(Event.id.desc())
+            ).first()
+            station = (resumed or {}).get("station") or open_row.station
+            where = f" (session {open_row.number}" + (f", on station {station})" if station else ")")
+    release = try_run_lock(db.url, db.engine, participant.id)
+    if release is None:
+        raise SessionError(
+            f"participant {code!r} has a session running right now{where} in another panostudy process; one "
+            "participant's session runs on one station at a time: let it finish, or stop it there, then run "
+            "this command again"
+        )
+    try:
+        yield
+    finally:
+        release()
+
+
 def get_participant(session: so.Session, db: StudyDB, code: str) -> Participant:
     """The participant with ``code``; StoreError naming the code if there is none."""
     participant = session.scalars(
@@ -617,11 +663,13 @@ def delete_participant(db: StudyDB, code: str, *, wait_s: float = 10.0, vacuum_f
         if path is not None:
             connection.exec_driver_sql("PRAGMA secure_delete=ON")
         if deleted:
-            with so.Session(bind=connection) as session, session.begin():
-                participant = get_participant(session, db, code)
-                # Core delete: the foreign keys cascade in the database, without loading pose samples.
-                session.execute(sa.delete(Participant).where(Participant.id == participant.id))
-            connection.commit()
+            # not while a session of theirs runs: its next answer would have no participant
+            with running(db, code):
+                with so.Session(bind=connection) as session, session.begin():
+                    participant = get_participant(session, db, code)
+                    # Core delete: the foreign keys cascade in the database, without loading pose samples.
+                    session.execute(sa.delete(Participant).where(Participant.id == participant.id))
+                connection.commit()
         if path is None:
             return ErasureReport(deleted, (), _finish_server_erasure(db, vacuum_full))
         _checkpoint(connection, path, code, wait_s)

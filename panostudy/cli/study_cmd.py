@@ -58,6 +58,7 @@ def import_stimuli(
     """Validate panoramas (readable, 2:1, size) and add them to the study."""
     from rich.progress import Progress
 
+    from study.export import placeholder_warning
     from study.store import import_stimuli as run_import
     from study.store import open_study
 
@@ -67,8 +68,11 @@ def import_stimuli(
             study, source, scene=scene, training=training, downscale_into=downscale_into,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
+        warning = placeholder_warning(study)
     scenes = ", ".join(f"{name}: {count}" for name, count in sorted(report.per_scene.items())) or "none"
     console.print(f"imported {report.added} stimuli ({scenes}); {report.already_present} were already in the study")
+    if warning is not None:
+        console.print(warning, style="bold red", soft_wrap=True, highlight=False)
 
 
 @study_app.command("migrate")
@@ -165,6 +169,9 @@ def export(
     from study.outputs import check_distinct, write_all
     from study.store import open_study
 
+    if stimulus_root is not None and not stimulus_root.is_dir():
+        raise PanostudyError(f"--stimulus-root {stimulus_root}: not a folder; give the folder the stimulus paths "
+                             "start at, or leave it out for the deepest folder holding every stimulus")
     if not out.suffix:
         if ssq is not None or poses is not None or flags is not None:
             raise PanostudyError("--ssq, --poses and --flags name files for a single-file export; a package folder holds "

@@ -189,7 +189,7 @@ def check_replay_options(
     if every_s is not None:
         if suffix not in SHEET_SUFFIXES:
             raise AnalysisError(f"{out}: --every writes a contact sheet; name the file .png or .jpg")
-        if not every_s > 0:
+        if not 0 < every_s < math.inf:
             raise AnalysisError(f"--every {every_s}: give a positive number of seconds between frames, e.g. 2")
     elif suffix not in VIDEO_SUFFIXES:
         hint = " (a contact sheet needs --every SECONDS)" if suffix in SHEET_SUFFIXES else ""

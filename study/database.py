@@ -7,6 +7,9 @@ A ``--db`` is a SQLite file path or a SQLAlchemy URL. Three rules hold for every
 - **A file is read, read-only, before anything is written to it.** :func:`check_sqlite_file` reads the
   header; :func:`read_only_engine` opens it with ``mode=ro``, so a foreign or damaged file is refused
   unchanged (no WAL switch, no journal, no ``-wal``/``-shm`` files left beside it).
+- **One process runs one participant's session.** :func:`try_run_lock` takes a lock the database system
+  itself keeps (a PostgreSQL advisory lock, a byte-range lock on the SQLite file), so it goes with its
+  process, even one killed with ``kill -9``, and needs no file or row of its own.
 - **A driver's failure becomes one line.** :func:`database_error` turns the errors a user can cause (a lock
   held by someone else, a full disk, a read-only file, a server that does not answer) into a
   :class:`~study.errors.StoreError` naming the database, the cause and what to do.
@@ -14,9 +17,12 @@ A ``--db`` is a SQLite file path or a SQLAlchemy URL. Three rules hold for every
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sqlite3
+import struct
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,6 +36,11 @@ BUSY_TIMEOUT_MS = 5000
 PG_LOCK_TIMEOUT = "5s"
 #: How a panostudy connection names itself to a PostgreSQL server (``pg_stat_activity.application_name``).
 APPLICATION_NAME = "panostudy"
+
+#: Run locks: PostgreSQL advisory locks of this class (the first of their two keys, "pano"); on SQLite
+#: byte-range locks from this offset of the database file on, far beyond the bytes SQLite locks (at 1 GiB).
+RUN_LOCK_CLASS = 0x70616E6F
+RUN_LOCK_OFFSET = 1 << 62
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
@@ -203,6 +214,61 @@ def read_only_engine(url: str) -> sa.Engine:
     return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
 
 
+# -- run locks ----------------------------------------------------------------------------------------------
+
+
+def try_run_lock(url: str, engine: sa.Engine, key: int) -> Callable[[], None] | None:
+    """Takes the database's run lock ``key`` (a non-negative integer) unless someone else holds it.
+
+    Returns the function that releases it, or None when another connection or process holds it. The lock
+    is the database system's own, so a process that dies loses it at once: on PostgreSQL a session-level
+    advisory lock on a connection kept (in autocommit) for the purpose; on SQLite an open-file-description
+    lock on one byte of the database file beyond any byte SQLite locks (Linux's ``F_OFD_SETLK``: unlike a
+    plain POSIX lock it excludes other threads of the same process too, and closing some other descriptor
+    of the file does not drop it). Where the system has no such lock (SQLite on macOS or Windows), the
+    lock is always granted.
+    """
+    path = sqlite_file(url)
+    if path is None:
+        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            got = connection.execute(sa.text("SELECT pg_try_advisory_lock(:kind, :key)"),
+                                     {"kind": RUN_LOCK_CLASS, "key": key}).scalar()
+        except BaseException:
+            connection.close()
+            raise
+        if not got:
+            connection.close()
+            return None
+
+        def release_advisory() -> None:
+            try:
+                connection.execute(sa.text("SELECT pg_advisory_unlock(:kind, :key)"), {"kind": RUN_LOCK_CLASS, "key": key})
+            except sa.exc.DBAPIError:
+                pass  # a connection that is gone took its lock with it
+            finally:
+                connection.close()
+
+        return release_advisory
+    try:
+        import fcntl
+    except ImportError:
+        return lambda: None
+    if not hasattr(fcntl, "F_OFD_SETLK"):
+        return lambda: None
+    fd = os.open(path, os.O_RDWR)
+    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for open-file-description locks), padded to 8
+    request = struct.pack("hhqqi0q", fcntl.F_WRLCK, os.SEEK_SET, RUN_LOCK_OFFSET + key, 1, 0)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return lambda: os.close(fd)
+
+
 # -- who holds a lock ----------------------------------------------------------------------------------------
 
 
@@ -250,7 +316,8 @@ def sqlite_lock_holders(path: Path) -> list[str]:
             key = (int(major, 16), int(minor, 16), int(inode))
         except ValueError:
             continue
-        if key in inodes and pid != os.getpid() and pid not in pids:
+        # An open-file-description lock (a run lock) shows pid -1: its holder cannot be named from here.
+        if key in inodes and pid > 0 and pid != os.getpid() and pid not in pids:
             pids.append(pid)
     return [f"pid {pid}: {process_kind(_cmdline(pid))}" for pid in pids]
 

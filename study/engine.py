@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -40,7 +41,7 @@ from study.models import (
 )
 from study.planner import StimulusRef, assign_sessions, plan_session
 from study.protocol import Protocol, SessionSpec
-from study.store import StudyDB, check_station, get_participant
+from study.store import StudyDB, check_station, get_participant, retry_conflicts
 
 StepKind = Literal["consent", "instructions", "ssq", "stimulus", "rating", "break", "done"]
 
@@ -173,8 +174,19 @@ class SessionEngine:
         """
         if station is not None:
             check_station(station)
+        # Concurrent starts of one participant race for the session number: the unique key decides, and the
+        # loser plans again and finds the winner's session open.
+        return cls(db, retry_conflicts(lambda: cls._plan(db, participant_code, station, number)), participant_code)
+
+    @classmethod
+    def _plan(cls, db: StudyDB, participant_code: str, station: str | None, number: int | None) -> int:
+        """One try of :meth:`start`: plans the session and stores it in one transaction; returns its id."""
         with db.Session.begin() as session:
             participant = get_participant(session, db, participant_code)
+            # Starts of one participant queue on their row (a no-op update: a row lock on PostgreSQL, the write
+            # lock on SQLite), so each reads the sessions and trials the one before it stored, never half of them.
+            session.execute(sa.update(Participant).where(Participant.id == participant.id)
+                            .values(number=Participant.number))
             existing = {row.number: row for row in session.scalars(
                 sa.select(StudySession).where(StudySession.participant_id == participant.id))}
             _refuse_if_over(participant_code, existing.values())
@@ -183,7 +195,8 @@ class SessionEngine:
                 row = open_rows[0]
                 raise SessionError(
                     f"participant {participant_code!r} has session {row.number} open ({row.status}); continue it "
-                    f"with 'panostudy session resume --participant {participant_code}'"
+                    f"with 'panostudy session resume --db {shlex.quote(db.shown_url)} --participant {participant_code}'"
+                    " and the --backend of this station"
                 )
             if number is None:
                 free = [spec.number for spec in db.protocol.sessions if spec.number not in existing]
@@ -248,7 +261,7 @@ class SessionEngine:
             session.add(Event(session_id=row.id, kind="planned",
                               detail={"trials": len(plan), "session_number": number, "station": station}))
             session_id = row.id
-        return cls(db, session_id, participant_code)
+        return session_id
 
     @classmethod
     def load(cls, db: StudyDB, participant_code: str, number: int | None = None) -> SessionEngine:

@@ -496,6 +496,18 @@ def load_stimuli(db_url: str | Path | StudyDB, *, stimulus_root: str | Path | No
     return _typed(rows, STIMULUS_COLUMNS)
 
 
+def placeholder_warning(db: StudyDB) -> str | None:
+    """The line that warns the desk when stimuli of the study come from the offline tiny random-weight
+    model (noise, for checking the workflow only), so that nobody runs a real participant on them."""
+    with db.Session() as session:
+        metadata = session.scalars(sa.select(Stimulus.generator_metadata).where(Stimulus.study_id == db.study_id)).all()
+    placeholders = sum(_generator_fields(m or {})[0] for m in metadata)
+    if not placeholders:
+        return None
+    return (f"warning: {placeholders} of the study's {len(metadata)} stimuli are PLACEHOLDERS from the offline tiny "
+            "random-weight model, not meaningful: do not run real participants on them")
+
+
 #: What a single-file export may be; a folder without a suffix takes the whole package.
 FILE_SUFFIXES = (".csv", ".parquet", ".sav", ".xlsx")
 

@@ -79,6 +79,18 @@ CAPTION_FIELDS: dict[str, tuple[str, ...]] = {
     "question_progress": ("number", "count"),
     "page": ("page", "pages"),
 }
+#: The default participant-code pattern (the whole code must match): 1-8 capital letters, up to 4 digits,
+#: an optional '-', then 1-6 digits. It takes P07, S1, LAB2-013 and VR-0001, and refuses what looks like a
+#: person (JohnSmith, Maria_Garcia, john-doe-1985) or an address (jane.doe@example.org).
+DEFAULT_CODE_PATTERN = "[A-Z]{1,8}[0-9]{0,4}-?[0-9]{1,6}"
+DEFAULT_CODE_EXAMPLES = ("P07", "LAB2-013")
+#: Choices of the optional demographic fields where a protocol names none.
+DEFAULT_GENDERS = ("female", "male", "non-binary", "prefer not to say")
+DEFAULT_VISION_CORRECTIONS = ("none", "glasses", "contact lenses")
+DEFAULT_AGE_RANGE = (1, 120)
+MAX_AGE = 150
+#: A demographic value typed as free text (where the protocol allows it) is at most this long.
+MAX_FREE_TEXT = 40
 DEFAULT_THANK_YOU = "Thank you for taking part. The session is over: the experimenter will help you take off the headset."
 
 # Ids end up in step keys such as "trial/12/VAR/clarity" and in CSV columns, so keep them plain.
@@ -175,6 +187,27 @@ class ViewSpec:
 
 
 @dataclass(frozen=True)
+class DemographicField:
+    """An optional demographic field: the values it takes, and whether free text is allowed besides them."""
+
+    choices: tuple[str, ...]
+    free_text: bool = False
+
+
+@dataclass(frozen=True)
+class EnrolmentSpec:
+    """What ``add-participant`` accepts: the participant-code pattern (matched whole), examples of it, the
+    age range, and the choices of gender and vision correction."""
+
+    code_pattern: str = DEFAULT_CODE_PATTERN
+    code_examples: tuple[str, ...] = DEFAULT_CODE_EXAMPLES
+    age_min: int = DEFAULT_AGE_RANGE[0]
+    age_max: int = DEFAULT_AGE_RANGE[1]
+    gender: DemographicField = DemographicField(DEFAULT_GENDERS)
+    vision_correction: DemographicField = DemographicField(DEFAULT_VISION_CORRECTIONS)
+
+
+@dataclass(frozen=True)
 class SessionSpec:
     """One of the sessions a participant comes for (e.g. one per day).
 
@@ -225,6 +258,7 @@ class Protocol:
     captions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_CAPTIONS))
     panel: PanelSpec = PanelSpec()
     view: ViewSpec = ViewSpec()
+    enrolment: EnrolmentSpec = EnrolmentSpec()
 
     def session(self, number: int) -> SessionSpec:
         """The session numbered ``number`` (from 1).
@@ -466,7 +500,8 @@ class _Reader:
                             f"set schema_version = {SCHEMA_VERSION}")
         self.no_unknown(doc, "", ("schema_version", "name", "version", "seed", "participants", "scenes",
                                   "exposure_s", "pose_rate_hz", "instructions", "training", "breaks", "ssq",
-                                  "scales", "consent", "thank_you", "captions", "panel", "view", "sessions"))
+                                  "scales", "consent", "thank_you", "captions", "panel", "view", "sessions",
+                                  "enrolment"))
 
         seed = self.get(doc, "seed", "", int, "an integer")
         if not 0 <= seed <= MAX_SEED:
@@ -510,6 +545,7 @@ class _Reader:
             captions=self.captions(doc),
             panel=self.panel(doc),
             view=self.view(doc),
+            enrolment=self.enrolment(doc),
         )
 
     def captions(self, doc: dict) -> dict[str, str]:
@@ -567,6 +603,54 @@ class _Reader:
                                 "write [width, height] in pixels, each 200..16384, e.g. [1280, 720]")
             window = (raw[0], raw[1])
         return ViewSpec(start_yaw_deg=default_yaw, start_yaw=per_stimulus, fov_deg=fov, window=window)
+
+    def enrolment(self, doc: dict) -> EnrolmentSpec:
+        if "enrolment" not in doc:
+            return EnrolmentSpec()
+        fields = ("gender", "vision_correction")
+        section = self.table(doc, "enrolment", "", ("code_pattern", "code_examples", "age_min", "age_max",
+                                                    *fields, *(f"{name}_free_text" for name in fields)))
+        pattern = DEFAULT_CODE_PATTERN
+        examples: tuple[str, ...] = DEFAULT_CODE_EXAMPLES if "code_pattern" not in section else ()
+        if "code_pattern" in section:
+            pattern = self.get(section, "code_pattern", "enrolment", str, "a regular expression")
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise self.fail("enrolment.code_pattern", f"{pattern!r} is not a regular expression ({exc})",
+                                f"write a Python regular expression, e.g. \"{DEFAULT_CODE_PATTERN}\"") from None
+            if compiled.fullmatch("") is not None:
+                raise self.fail("enrolment.code_pattern", "matches an empty code",
+                                "make at least one character required, e.g. \"[A-Z]{1,8}[0-9]{1,6}\"")
+        if "code_examples" in section:
+            raw = self.get(section, "code_examples", "enrolment", list, "a list of example codes")
+            for i, example in enumerate(raw):
+                if not isinstance(example, str) or not re.fullmatch(pattern, example):
+                    raise self.fail(f"enrolment.code_examples[{i}]", f"{_describe(example)} does not match the code "
+                                    f"pattern {pattern}", "give codes the pattern accepts, or fix the pattern")
+            examples = tuple(raw)
+        low = self.get(section, "age_min", "enrolment", int, "an integer", DEFAULT_AGE_RANGE[0])
+        high = self.get(section, "age_max", "enrolment", int, "an integer", DEFAULT_AGE_RANGE[1])
+        if not 0 <= low <= MAX_AGE:
+            raise self.fail("enrolment.age_min", f"{low} is not an age in years", f"use an age in 0..{MAX_AGE}, e.g. 18")
+        if not low <= high <= MAX_AGE:
+            raise self.fail("enrolment.age_max", f"{high} is not an age in years from age_min {low} on",
+                            f"use an age in {low}..{MAX_AGE}, e.g. 99")
+        chosen = {}
+        for name, default in zip(fields, (DEFAULT_GENDERS, DEFAULT_VISION_CORRECTIONS)):
+            choices = self.get(section, name, "enrolment", list, "a list of the values to choose from", list(default))
+            for i, choice in enumerate(choices):
+                if not isinstance(choice, str) or not choice.strip() or len(choice) > MAX_FREE_TEXT:
+                    raise self.fail(f"enrolment.{name}[{i}]", f"expected a choice, got {_describe(choice)}",
+                                    f"write each choice as a non-empty string of at most {MAX_FREE_TEXT} characters")
+                if choices.index(choice) != i:
+                    raise self.fail(f"enrolment.{name}[{i}]", f"{choice!r} is listed twice", "list each choice once")
+            free = self.get(section, f"{name}_free_text", "enrolment", bool, "true or false", False)
+            if not choices and not free:
+                raise self.fail(f"enrolment.{name}", "no choices and no free text",
+                                f"list the choices, or set {name}_free_text = true")
+            chosen[name] = DemographicField(tuple(choices), free)
+        return EnrolmentSpec(code_pattern=pattern, code_examples=examples, age_min=low, age_max=high, **chosen)
 
     def yaw(self, parent: Mapping[str, Any], key: str, path: str, default: Any) -> float:
         value = self.number(parent, key, path, default)

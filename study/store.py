@@ -17,9 +17,11 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
@@ -35,11 +37,13 @@ from study.database import (
     shown,
     sqlite_file,
     sqlite_lock_holders,
+    try_run_lock,
 )
-from study.errors import StimulusError, StoreError
+from study.errors import SessionError, StimulusError, StoreError
 from study.models import (
     SCHEMA_VERSION,
     Base,
+    Event,
     Participant,
     SchemaInfo,
     Stimulus,
@@ -47,17 +51,23 @@ from study.models import (
     StudySession,
     utc_now,
 )
-from study.protocol import DEFAULT_PROTOCOL, Protocol, load_protocol, parse_protocol
+from study.protocol import DEFAULT_PROTOCOL, MAX_FREE_TEXT, Protocol, load_protocol, parse_protocol
 from study.stimuli import Candidate, CheckedImage, check_image, collect, write_downscaled
 
-#: Pseudonymous participant codes only: letters, digits, ``-`` and ``_`` (no names, no e-mail addresses).
+#: Every participant code, whatever the protocol's pattern: letters, digits, ``-`` and ``_`` (codes go into
+#: exports and file names; no e-mail addresses).
 PARTICIPANT_CODE = re.compile(r"[A-Za-z0-9_-]{1,32}")
-#: Tries of one enrolment against concurrent ones before the conflict is reported.
-ENROL_ATTEMPTS = 50
+#: A demographic value typed as free text, where the protocol allows it: words of letters joined by spaces,
+#: hyphens, apostrophes or slashes (no digits, no '@': no dates of birth, no addresses).
+FREE_TEXT = re.compile(r"[^\W\d_]+(?:[ '’/-]{1,3}[^\W\d_]+)*")
+#: Tries of one unit of work against concurrent ones (enrolment, session start) before the conflict is reported.
+CONFLICT_ATTEMPTS = 50
 #: Station names (the machine a session ran on) go into exports and file names: keep them plain.
 STATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Scene given to training panoramas whose folder is not one of the protocol's scenes.
 TRAINING_SCENE = "training"
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -424,6 +434,83 @@ def _refuse_two_scenes(candidates: list[Candidate]) -> None:
             )
 
 
+def check_code(protocol: Protocol, code: str) -> str:
+    """``code`` itself if it is a pseudonymous code the protocol's ``enrolment.code_pattern`` accepts (the whole
+    code) and of 1-32 letters, digits, ``-`` and ``_``; StoreError with the pattern otherwise."""
+    enrolment = protocol.enrolment
+
+    def valid(text: str) -> bool:
+        return bool(PARTICIPANT_CODE.fullmatch(text)) and re.fullmatch(enrolment.code_pattern, text) is not None
+
+    if valid(code):
+        return code
+    if re.fullmatch(enrolment.code_pattern, code) is None:
+        examples = f"; e.g. {', '.join(enrolment.code_examples)}" if enrolment.code_examples else ""
+        rule = f"codes match {enrolment.code_pattern} (the protocol's enrolment.code_pattern{examples})"
+    else:
+        rule = "codes are 1-32 letters, digits, '-' or '_'"
+    hint = f"; did you mean {code.upper()!r}?" if code != code.upper() and valid(code.upper()) else ""
+    raise StoreError(f"participant code {code!r} is invalid: {rule}; use a pseudonym, never a name or an e-mail "
+                     f"address{hint}")
+
+
+def check_demographics(protocol: Protocol, *, age: int | None = None, gender: str | None = None,
+                       vision_correction: str | None = None) -> None:
+    """Refuses demographics the protocol's ``[enrolment]`` does not allow, naming the option and the choices.
+
+    Raises
+    ------
+    StoreError
+        If ``age`` is outside ``age_min..age_max``, or ``gender`` / ``vision_correction`` is not one of the
+        field's choices (nor, where the field allows free text, a few words of letters).
+    """
+    enrolment = protocol.enrolment
+    if age is not None and (isinstance(age, bool) or not enrolment.age_min <= age <= enrolment.age_max):
+        raise StoreError(
+            f"--age {age} is not an age in years within {enrolment.age_min}..{enrolment.age_max} (the protocol's "
+            "enrolment.age_min/age_max); give the age in years, or leave it out if unknown"
+        )
+    for option, name, value in (("--gender", "gender", gender), ("--vision-correction", "vision_correction", vision_correction)):
+        allowed = getattr(enrolment, name)
+        if value is None or value in allowed.choices:
+            continue
+        if allowed.free_text and len(value) <= MAX_FREE_TEXT and FREE_TEXT.fullmatch(value):
+            continue
+        choices = ", ".join(repr(choice) for choice in allowed.choices) or "none"
+        if allowed.free_text:
+            raise StoreError(
+                f"{option} {value!r} is neither one of {choices} nor a short free-text answer (words of letters, "
+                f"spaces, '-', \"'\" or '/', at most {MAX_FREE_TEXT} characters); leave it out rather than record more"
+            )
+        raise StoreError(
+            f"{option} {value!r} is not one of the protocol's choices ({choices}; enrolment.{name}); give one of them "
+            "exactly, or leave it out"
+        )
+
+
+def retry_conflicts(work: Callable[[], T]) -> T:
+    """Runs ``work`` (one transaction) until it commits, again as long as a concurrent caller won the race.
+
+    Concurrent enrolments may pick the same next number, concurrent starts the same session number: the
+    unique keys decide, and the loser tries again (and then sees the winner's row). SQLite refuses a
+    transaction whose snapshot another writer has overtaken at once ("locked"), PostgreSQL may report a
+    serialisation failure or a deadlock; a lock that is simply held was already waited for (busy_timeout,
+    lock_timeout), so the retries stop at the same bound.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    attempt = 0
+    while True:
+        try:
+            return work()
+        except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
+            attempt += 1
+            conflict = (isinstance(exc, sa.exc.IntegrityError) or "locked" in str(exc.orig).lower()
+                        or getattr(exc.orig, "sqlstate", None) in ("40001", "40P01"))
+            if not conflict or attempt >= CONFLICT_ATTEMPTS or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05) * attempt)
+
+
 def add_participant(
     db: StudyDB,
     code: str,
@@ -434,31 +521,19 @@ def add_participant(
 ) -> Participant:
     """Enrols a participant under a pseudonymous code; their enrolment number is the next free one.
 
+    The code must match the protocol's ``enrolment.code_pattern``, and the optional demographics its
+    choices (:func:`check_code`, :func:`check_demographics`). Participants enrolled earlier are never checked
+    again: the pattern applies at enrolment.
+
     Raises
     ------
     StoreError
-        If the code is not a pseudonymous code, is already enrolled, or ``age`` is implausible.
+        If the code is not a pseudonymous code of the protocol's pattern, is already enrolled, or a
+        demographic value is not one the protocol allows.
     """
-    if not PARTICIPANT_CODE.fullmatch(code):
-        raise StoreError(
-            f"participant code {code!r} is invalid; use 1-32 letters, digits, '-' or '_' (a pseudonym, never a name)"
-        )
-    if age is not None and not 0 < age < 130:
-        raise StoreError(f"--age {age} is not an age in years; leave it out if unknown")
-    # Concurrent enrolments may pick the same next number: the unique keys decide, and the loser retries.
-    # SQLite refuses a transaction whose snapshot another writer has overtaken at once ("locked"); a lock
-    # that is simply held was already waited for (busy_timeout), so the retries stop at the same bound.
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    attempt = 0
-    while True:
-        try:
-            return _enrol_once(db, code, age=age, gender=gender, vision_correction=vision_correction)
-        except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
-            attempt += 1
-            conflict = isinstance(exc, sa.exc.IntegrityError) or "locked" in str(exc.orig).lower()
-            if not conflict or attempt >= ENROL_ATTEMPTS or time.monotonic() > deadline:
-                raise
-            time.sleep(random.uniform(0.005, 0.05) * attempt)
+    check_code(db.protocol, code)
+    check_demographics(db.protocol, age=age, gender=gender, vision_correction=vision_correction)
+    return retry_conflicts(lambda: _enrol_once(db, code, age=age, gender=gender, vision_correction=vision_correction))
 
 
 def _enrol_once(db: StudyDB, code: str, **demographics) -> Participant:
@@ -474,6 +549,49 @@ def _enrol_once(db: StudyDB, code: str, **demographics) -> Participant:
         participant = Participant(study_id=db.study_id, code=code, number=number, **demographics)
         session.add(participant)
     return participant
+
+
+@contextmanager
+def running(db: StudyDB, code: str) -> Iterator[None]:
+    """Holds the participant's run lock while the block runs: one participant's session runs on one station
+    (one process) at a time, and nobody withdraws or erases them meanwhile.
+
+    The lock is the database system's own (:func:`study.database.try_run_lock`), so a process that dies,
+    even by ``kill -9``, releases it at once and ``session resume`` can follow straight away.
+
+    Raises
+    ------
+    StoreError
+        If the participant is not enrolled.
+    SessionError
+        If another process holds the participant's lock: it is running a session of theirs now.
+    """
+    with db.Session() as session:
+        participant = get_participant(session, db, code)
+        open_row = session.execute(
+            sa.select(StudySession.id, StudySession.number, StudySession.station)
+            .where(StudySession.participant_id == participant.id, StudySession.status.in_(("planned", "running")))
+            .order_by(StudySession.number.desc())
+        ).first()
+        where = ""
+        if open_row is not None:
+            resumed = session.scalars(
+                sa.select(Event.detail).where(Event.session_id == open_row.id, Event.kind == "resumed")
+                .order_by(Event.id.desc())
+            ).first()
+            station = (resumed or {}).get("station") or open_row.station
+            where = f" (session {open_row.number}" + (f", on station {station})" if station else ")")
+    release = try_run_lock(db.url, db.engine, participant.id)
+    if release is None:
+        raise SessionError(
+            f"participant {code!r} has a session running right now{where} in another panostudy process; one "
+            "participant's session runs on one station at a time: let it finish, or stop it there, then run "
+            "this command again"
+        )
+    try:
+        yield
+    finally:
+        release()
 
 
 def get_participant(session: so.Session, db: StudyDB, code: str) -> Participant:
@@ -545,11 +663,13 @@ def delete_participant(db: StudyDB, code: str, *, wait_s: float = 10.0, vacuum_f
         if path is not None:
             connection.exec_driver_sql("PRAGMA secure_delete=ON")
         if deleted:
-            with so.Session(bind=connection) as session, session.begin():
-                participant = get_participant(session, db, code)
-                # Core delete: the foreign keys cascade in the database, without loading pose samples.
-                session.execute(sa.delete(Participant).where(Participant.id == participant.id))
-            connection.commit()
+            # not while a session of theirs runs: its next answer would have no participant
+            with running(db, code):
+                with so.Session(bind=connection) as session, session.begin():
+                    participant = get_participant(session, db, code)
+                    # Core delete: the foreign keys cascade in the database, without loading pose samples.
+                    session.execute(sa.delete(Participant).where(Participant.id == participant.id))
+                connection.commit()
         if path is None:
             return ErasureReport(deleted, (), _finish_server_erasure(db, vacuum_full))
         _checkpoint(connection, path, code, wait_s)

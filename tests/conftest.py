@@ -21,6 +21,14 @@ from pathlib import Path
 
 import pytest
 
+try:
+    # Triton (torch's compiler, which diffusers loads) and Mesa's llvmpipe each carry an LLVM: a process that
+    # made a GL context first crashes when triton loads. In-process GL tests and generator tests share one
+    # process here, so triton comes first whatever order the tests run in (it loads in a tenth of a second).
+    import triton  # noqa: F401
+except ImportError:
+    pass
+
 #: Where Debian's postgresql package puts the server binaries (newest version first).
 _PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 _counter = itertools.count()

@@ -388,6 +388,208 @@ CASES = [
 ]
 
 
+# -- the doors added since: sessions and stations, consent, migration, flags, power, export package options,
+# -- replay, generator options, enrolment ------------------------------------------------------------------
+SCENE = str(Path(__file__).resolve().parents[1] / "data" / "scenes" / "vehicle.toml")
+IMAGE = ("generate", "image", "--scene", SCENE, "--out", "{tmp}/g.png")
+PANORAMA = ("generate", "panorama", "{stimuli}/street/0.png", "--out", "{tmp}/p.png")
+SETS = ("generate", "sets", "--scenes", str(Path(SCENE).parent), "--out", "{tmp}/sets")
+POWER = ("power", "--delta", "0.5", "--sd", "1")
+REPLAY = ("replay", "--db", "{db}", "--participant", "P01", "--trial", "1", "--out", "{tmp}/r.gif")
+ADD = ("study", "add-participant", "--db", "{db}", "--code")
+MIGRATE = ("study", "migrate", "--db")
+SCHEMA1 = STUDY_KIT / "data" / "schema1_study.sql"
+
+
+def schema1(relative: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        connection = sqlite3.connect(tmp / relative)
+        connection.executescript(SCHEMA1.read_text(encoding="utf-8"))
+        connection.close()
+
+    return setup
+
+
+def protocol_add(text: str) -> Callable[[Path], None]:
+    """A copy of the study's protocol as bad.toml, with ``text`` added at the top (top-level keys) or the end."""
+
+    def setup(tmp: Path) -> None:
+        old = (tmp / "tiny.toml").read_text(encoding="utf-8")
+        new = old + "\n" + text + "\n" if text.lstrip().startswith("[") else old.replace("schema_version = 1", f"schema_version = 1\n{text}", 1)
+        (tmp / "bad.toml").write_text(new, encoding="utf-8")
+
+    return setup
+
+
+CASES += [
+    # -- enrolment: pseudonymous codes, demographics from the protocol's choices -----------------------------
+    Case("code-name", (*ADD, "JohnSmith"), ("'JohnSmith' is invalid", "[A-Z]{{1,8}}[0-9]{{0,4}}-?[0-9]{{1,6}}", "e.g. P07, LAB2-013")),
+    Case("code-name-underscore", (*ADD, "Maria_Garcia"), ("'Maria_Garcia' is invalid", "enrolment.code_pattern")),
+    Case("code-name-and-year", (*ADD, "john-doe-1985"), ("'john-doe-1985' is invalid", "never a name")),
+    Case("code-lower-case", (*ADD, "p09"), ("'p09' is invalid", "did you mean 'P09'?")),
+    Case("gender-email", (*ADD, "P09", "--gender", "jane.doe@example.org"), ("--gender 'jane.doe@example.org'", "'female', 'male'")),
+    Case("gender-not-a-choice", (*ADD, "P09", "--gender", "f"), ("--gender 'f' is not one of the protocol's choices",)),
+    Case("vision-not-a-choice", (*ADD, "P09", "--vision-correction", "yes"), ("--vision-correction 'yes'", "'glasses'")),
+    Case("age-negative", (*ADD, "P09", "--age", "-5"), ("--age -5", "1..120")),
+    Case("age-fraction", (*ADD, "P09", "--age", "30.5"), ("'--age'", "valid integer")),
+    Case("enrolment-pattern-broken", (*INIT, "{tmp}/bad.toml"), ("enrolment.code_pattern", "not a regular expression"),
+         protocol_add('[enrolment]\ncode_pattern = "[A-Z"')),
+    Case("enrolment-pattern-empty", (*INIT, "{tmp}/bad.toml"), ("enrolment.code_pattern", "matches an empty code"),
+         protocol_add('[enrolment]\ncode_pattern = ".*"')),
+    Case("enrolment-example-off", (*INIT, "{tmp}/bad.toml"), ("enrolment.code_examples[0]", "does not match"),
+         protocol_add('[enrolment]\ncode_examples = ["John"]')),
+    Case("enrolment-age-reversed", (*INIT, "{tmp}/bad.toml"), ("enrolment.age_max", "from age_min 30 on"),
+         protocol_add("[enrolment]\nage_min = 30\nage_max = 20")),
+    Case("enrolment-gender-number", (*INIT, "{tmp}/bad.toml"), ("enrolment.gender[0]", "expected a choice, got an integer"),
+         protocol_add("[enrolment]\ngender = [1, 2]")),
+    Case("enrolment-unknown-key", (*INIT, "{tmp}/bad.toml"), ("enrolment.email", "unknown key"),
+         protocol_add("[enrolment]\nemail = true")),
+    # -- sessions, stations, consent (issue 12) ----------------------------------------------------------------
+    Case("station-empty", (*RUN, *P02, "--simulate", "1", "--station", ""), ("--station '' is not a station name",)),
+    Case("station-too-long", (*RUN, *P02, "--simulate", "1", "--station", "s" * 65), ("is not a station name", "1-64")),
+    Case("station-dot-first", (*RUN, *P02, "--simulate", "1", "--station", ".hidden"), ("--station '.hidden'",)),
+    Case("session-headless-nobody", ("session", "run", "--db", "{db}", *P02, "--backend", "headless"),
+         ("--backend headless has nobody to answer", "--simulate SEED")),
+    Case("session-fullscreen-headless", ("session", "run", "--db", "{db}", *P02, "--backend", "headless", "--simulate", "1",
+                                         "--fullscreen"), ("--fullscreen", "leave --fullscreen out")),
+    Case("session-zero", (*RUN, *P02, "--simulate", "1", "--session", "0"), ("--session 0", "1..1")),
+    Case("session-negative", (*RUN, *P02, "--simulate", "1", "--session", "-2"), ("--session -2", "1..1")),
+    Case("session-text", (*RUN, *P02, "--simulate", "1", "--session", "two"), ("'--session'", "valid integer")),
+    Case("resume-session-unknown", ("session", "resume", "--db", "{db}", "--participant", "P01", "--backend", "none",
+                                    "--simulate", "1", "--session", "4"), ("--session 4", "1..1")),
+    Case("resume-completed", ("session", "resume", "--db", "{db}", "--participant", "P01", "--backend", "none",
+                              "--simulate", "1"), ("session 1 of participant 'P01' is complete",)),
+    Case("withdraw-session-unknown", ("session", "withdraw", "--db", "{db}", "--participant", "P01", "--session", "9"),
+         ("--session 9", "1..1")),
+    Case("withdraw-unknown", ("session", "withdraw", "--db", "{db}", "--participant", "NOPE1"), ("'NOPE1' is not enrolled",)),
+    Case("withdraw-no-session", ("session", "withdraw", "--db", "{db}", "--participant", "P02"), ("'P02' has no session yet",)),
+    Case("fullscreen-without-window", (*RUN, *P02, "--simulate", "1", "--fullscreen"), ("--fullscreen", "--backend none")),
+    Case("consent-empty", (*INIT, "{tmp}/bad.toml"), ("bad.toml: consent:", "is empty"), protocol_add('consent = ""')),
+    Case("consent-number", (*INIT, "{tmp}/bad.toml"), ("bad.toml: consent:", "expected a string"), protocol_add("consent = 1")),
+    Case("thank-you-empty", (*INIT, "{tmp}/bad.toml"), ("thank_you", "is empty"), protocol_add('thank_you = "  "')),
+    Case("caption-field-unknown", (*INIT, "{tmp}/bad.toml"), ("captions.continue_in", "unknown field {{minutes}}"),
+         protocol_add('[captions]\ncontinue_in = "in {minutes}"')),
+    Case("caption-unknown", (*INIT, "{tmp}/bad.toml"), ("captions.okay", "unknown key"), protocol_add('[captions]\nokay = "OK"')),
+    Case("caption-braces", (*INIT, "{tmp}/bad.toml"), ("captions.page", "braces do not pair up"), protocol_add('[captions]\npage = "{page"')),
+    Case("glyph-no-font", (*INIT, "{tmp}/bad.toml"), ("bad.toml", "thank_you"), protocol_add('thank_you = "Danke \ue000"')),
+    Case("panel-progress-text", (*INIT, "{tmp}/bad.toml"), ("panel.question_progress", "true or false"),
+         protocol_add('[panel]\nquestion_progress = "yes"')),
+    Case("panel-font-missing", (*INIT, "{tmp}/bad.toml"), ("panel.fonts[0]", "does not exist"), protocol_add('[panel]\nfonts = ["none.ttf"]')),
+    Case("view-fov-200", (*INIT, "{tmp}/bad.toml"), ("view.fov_deg", "outside 30..120"), protocol_add("[view]\nfov_deg = 200")),
+    Case("view-window-tiny", (*INIT, "{tmp}/bad.toml"), ("view.window", "not a window size"), protocol_add("[view]\nwindow = [10, 10]")),
+    Case("view-yaw-500", (*INIT, "{tmp}/bad.toml"), ("view.start_yaw_deg", "outside -180..180"), protocol_add("[view]\nstart_yaw_deg = 500")),
+    Case("view-yaw-empty-key", (*INIT, "{tmp}/bad.toml"), ("view.start_yaw", "an empty stimulus path"),
+         protocol_add('[view]\nstart_yaw = { "" = 10 }')),
+    Case("sessions-scene-unknown", (*INIT, "{tmp}/bad.toml"), ("sessions[0].scenes[0]", "not one of the protocol's scenes"),
+         protocol_add('[[sessions]]\nscenes = ["beach"]')),
+    Case("sessions-scene-left-out", (*INIT, "{tmp}/bad.toml"), ("sessions", "no session shows scene 'indoor'"),
+         protocol_add('[[sessions]]\nscenes = ["street"]')),
+    Case("sessions-empty", (*INIT, "{tmp}/bad.toml"), ("sessions", "is empty"), protocol_add("sessions = []")),
+    # -- study migrate ------------------------------------------------------------------------------------------
+    Case("migrate-current", (*MIGRATE, "{db}"), ("already at schema version 2", "nothing to migrate")),
+    Case("migrate-foreign", (*MIGRATE, "{tmp}/theirs.db"), ("theirs.db", "not a panostudy study database"), foreign_db),
+    Case("migrate-absent", (*MIGRATE, "{tmp}/none.sqlite"), ("none.sqlite", "no study database there")),
+    Case("migrate-newer", (*MIGRATE, "{db}"), ("schema_info.version is 99", "migrates versions 1 to 2 only"),
+         study_change("UPDATE schema_info SET version = 99")),
+    Case("migrate-backup-in-the-way", (*MIGRATE, "{tmp}/old.sqlite"), ("old.sqlite.schema1.bak", "move it away first"),
+         both(schema1("old.sqlite"), write("old.sqlite.schema1.bak", b"an earlier backup"))),
+    Case("migrate-truncated", (*MIGRATE, "{tmp}/cut.sqlite"), ("cut.sqlite", "truncated or damaged"), truncated_copy),
+    Case("schema1-needs-migrate", (*RUN, "--participant", "P03", "--simulate", "1") , ("schema_info.version is 1", "study migrate"),
+         both(schema1("old.sqlite"), lambda tmp: (tmp / "old.sqlite").replace(tmp / "study.sqlite"))),
+    # -- export and analysis options ------------------------------------------------------------------------------
+    Case("export-flags-to-folder", (*EXPORT, "--out", "{tmp}/a.csv", "--flags", "{stimuli}"), ("--flags", "is a folder")),
+    Case("export-flags-with-package", (*EXPORT, "--out", "{tmp}/package", "--flags", "{tmp}/f.csv"),
+         ("--ssq, --poses and --flags name files for a single-file export",)),
+    Case("export-flags-same-as-out", (*EXPORT, "--out", "{tmp}/a.csv", "--flags", "{tmp}/a.csv"), ("--flags", "the same file as --out")),
+    Case("export-spss-with-file", (*EXPORT, "--out", "{tmp}/a.csv", "--spss"), ("--parquet, --spss, --xlsx and --no-poses go with a package",)),
+    Case("export-xlsx-with-file", (*EXPORT, "--out", "{tmp}/a.csv", "--xlsx"), ("go with a package folder",)),
+    Case("export-parquet-with-file", (*EXPORT, "--out", "{tmp}/a.csv", "--parquet"), ("go with a package folder",)),
+    Case("export-no-poses-with-file", (*EXPORT, "--out", "{tmp}/a.csv", "--no-poses"), ("go with a package folder",)),
+    Case("export-stimulus-root-missing", (*EXPORT, "--out", "{tmp}/package", "--stimulus-root", "{tmp}/nowhere"),
+         ("--stimulus-root", "nowhere: not a folder")),
+    Case("export-stimulus-root-file", (*EXPORT, "--out", "{tmp}/package", "--stimulus-root", "{protocol}"),
+         ("--stimulus-root", "tiny.toml: not a folder")),
+    Case("analyze-exclude-flagged-answers", (*ANALYZE, "{tmp}/answers.csv", "--exclude-flagged"), ("--exclude-flagged needs the flagged trials",)),
+    Case("analyze-export-not-a-package", ("analyze", "--export", "{stimuli}", "--out", "{tmp}/report"), ("--export", "datapackage.json")),
+    # -- power (issue 16) ---------------------------------------------------------------------------------------
+    Case("power-delta-negative", ("power", "--delta", "-1", "--sd", "1"), ("--delta",)),
+    Case("power-delta-zero", ("power", "--delta", "0", "--sd", "1"), ("--delta",)),
+    Case("power-delta-nan", ("power", "--delta", "nan", "--sd", "1"), ("--delta",)),
+    Case("power-delta-inf", ("power", "--delta", "inf", "--sd", "1"), ("--delta",)),
+    Case("power-sd-zero", ("power", "--delta", "0.5", "--sd", "0"), ("--sd",)),
+    Case("power-sd-nan", ("power", "--delta", "0.5", "--sd", "nan"), ("--sd",)),
+    Case("power-power-1.5", (*POWER, "--power", "1.5"), ("--power",)),
+    Case("power-power-zero", (*POWER, "--power", "0"), ("--power",)),
+    Case("power-power-nan", (*POWER, "--power", "nan"), ("--power",)),
+    Case("power-alpha-zero", (*POWER, "--alpha", "0"), ("--alpha",)),
+    Case("power-alpha-1.5", (*POWER, "--alpha", "1.5"), ("--alpha",)),
+    Case("power-alpha-nan", (*POWER, "--alpha", "nan"), ("--alpha",)),
+    Case("power-comparisons-zero", (*POWER, "--comparisons", "0"), ("--comparisons",)),
+    Case("power-comparisons-text", (*POWER, "--comparisons", "six"), ("'--comparisons'", "valid integer")),
+    Case("power-delta-missing", ("power", "--sd", "1"), ("Missing option '--delta'",)),
+    Case("power-tiny-effect", ("power", "--delta", "0.0001", "--sd", "10"), ("participants would be needed",)),
+    # -- replay (issue 14) --------------------------------------------------------------------------------------
+    Case("replay-trial-negative", (*REPLAY[:5], "--trial", "-1", "--out", "{tmp}/r.gif"), ("no recorded trial -1",)),
+    Case("replay-trial-unknown", (*REPLAY[:5], "--trial", "999", "--out", "{tmp}/r.gif"), ("999",)),
+    Case("replay-participant-unknown", ("replay", "--db", "{db}", "--participant", "NOPE1", "--trial", "1", "--out", "{tmp}/r.gif"),
+         ("NOPE1",)),
+    Case("replay-every-zero", (*REPLAY[:7], "--out", "{tmp}/r.png", "--every", "0"), ("--every 0",)),
+    Case("replay-every-nan", (*REPLAY[:7], "--out", "{tmp}/r.png", "--every", "nan"), ("--every nan",)),
+    Case("replay-every-inf", (*REPLAY[:7], "--out", "{tmp}/r.png", "--every", "inf"), ("--every inf",)),
+    Case("replay-fps-zero", (*REPLAY, "--fps", "0"), ("--fps 0",)),
+    Case("replay-fps-nan", (*REPLAY, "--fps", "nan"), ("--fps nan",)),
+    Case("replay-width-odd", (*REPLAY, "--width", "1000"), ("--width 1000", "multiple of 32")),
+    Case("replay-fov-nan", (*REPLAY, "--fov", "nan"), ("--fov nan",)),
+    Case("replay-fov-zero", (*REPLAY, "--fov", "0"), ("--fov 0",)),
+    Case("replay-format", (*REPLAY[:7], "--out", "{tmp}/r.txt"), ("r.txt", "unknown replay format")),
+    Case("replay-folder-missing", (*REPLAY[:7], "--out", "{tmp}/no/r.gif"), ("does not exist", "create it first")),
+    Case("replay-gaze-missing", (*REPLAY, "--gaze", "{tmp}/none.csv"), ("--gaze", "none.csv")),
+    Case("replay-gaze-bad", (*REPLAY, "--gaze", "{tmp}/g.csv"), ("--gaze", "g.csv"), write("g.csv", "participant,t\nP01,x\n")),
+    Case("replay-session-unknown", (*REPLAY, "--session", "99"), ("99",)),
+    # -- generator options (issue 17) ---------------------------------------------------------------------------
+    Case("image-guide-tokens", (*IMAGE, "--guide-tokens", "all"), ("--guide-tokens all", "phrase")),
+    Case("image-mask-fit", (*IMAGE, "--mask-fit", "stretch"), ("--mask-fit stretch", "crop")),
+    Case("image-out-jpg", ("generate", "image", "--scene", SCENE, "--out", "{tmp}/g.jpg"), ("write a .png",)),
+    Case("image-steps-zero", (*IMAGE, "--steps", "0"), ("'--steps'",)),
+    Case("image-seed-negative", (*IMAGE, "--seed", "-1"), ("'--seed'",)),
+    Case("image-guided-over-steps", (*IMAGE, "--steps", "4", "--guided-steps", "9"), ("--guided-steps 9", "at most --steps")),
+    Case("image-size-odd", (*IMAGE, "--size", "100"), ("--size 100", "multiple of 8")),
+    Case("image-layout-unknown", (*IMAGE, "--layout", "vehicle_z"), ("vehicle_z",)),
+    Case("image-scene-missing", ("generate", "image", "--scene", "{tmp}/none.toml", "--out", "{tmp}/g.png"), ("none.toml",)),
+    Case("image-model-missing", (*IMAGE, "--model", "{tmp}/none.safetensors"), ("none.safetensors",)),
+    Case("image-model-config-unknown", (*IMAGE, "--model", "{tmp}/w.safetensors", "--model-config", "sd99"), ("w.safetensors",),
+         write("w.safetensors", b"not a checkpoint")),
+    Case("panorama-guidance-nan", (*PANORAMA, "--guidance", "nan"), ("--guidance nan",)),
+    Case("panorama-guidance-inf", (*PANORAMA, "--guidance", "inf"), ("--guidance inf",)),
+    Case("panorama-guidance-negative", (*PANORAMA, "--guidance", "-2"), ("--guidance -2",)),
+    Case("panorama-refine-strength", (*PANORAMA, "--refine-strength", "1.5"), ("--refine-strength 1.5",)),
+    Case("panorama-refine-strength-nan", (*PANORAMA, "--refine-strength", "nan"), ("--refine-strength nan",)),
+    Case("panorama-sr-tile-zero", (*PANORAMA, "--sr-tile", "0"), ("--sr-tile 0",)),
+    Case("panorama-steps-zero", (*PANORAMA, "--steps", "0"), ("'--steps'",)),
+    Case("panorama-preset", (*PANORAMA, "--preset", "fancy"), ("fancy", "diffusion360")),
+    Case("panorama-size-not-2-1", (*PANORAMA, "--size", "1000x1000"), ("1000x1000",)),
+    Case("panorama-size-text", (*PANORAMA, "--size", "big"), ("big",)),
+    Case("panorama-canvas-not-2-1", (*PANORAMA, "--panorama-size", "512x512"), ("512x512",)),
+    Case("panorama-out-gif", ("generate", "panorama", "{stimuli}/street/0.png", "--out", "{tmp}/p.gif"), ("must end in .png",)),
+    Case("panorama-image-missing", ("generate", "panorama", "{tmp}/none.png", "--out", "{tmp}/p.png"), ("none.png", "no such image")),
+    Case("panorama-sr-base-alone", (*PANORAMA, "--sr-base", "{tmp}/base"), ("--sr-base and --sr-control",)),
+    Case("panorama-diffusion360-missing", (*PANORAMA, "--diffusion360", "{tmp}/d360"), ("d360",)),
+    Case("panorama-not-an-image", ("generate", "panorama", "{tmp}/x.png", "--out", "{tmp}/p.png"), ("x.png", "cannot read the image"),
+         write("x.png", b"\x89PNG broken")),
+    Case("sets-per-scene-zero", (*SETS, "--per-scene", "0"), ("--per-scene",)),
+    Case("sets-format", (*SETS, "--per-scene", "1", "--format", "gif"), ("gif",)),
+    Case("sets-rank-outside", (*SETS, "--per-scene", "1", "--rank", "3", "--world-size", "2"), ("--rank 3",)),
+    Case("sets-world-size-zero", (*SETS, "--per-scene", "1", "--world-size", "0"), ("--world-size 0",)),
+    Case("sets-guidance-nan", (*SETS, "--per-scene", "1", "--guidance", "nan"), ("--guidance nan",)),
+    Case("sets-mask-fit", (*SETS, "--per-scene", "1", "--mask-fit", "stretch"), ("--mask-fit stretch",)),
+    Case("sets-scenes-missing", ("generate", "sets", "--scenes", "{tmp}/noscenes", "--out", "{tmp}/sets", "--per-scene", "1"),
+         ("noscenes",)),
+    Case("sets-stage1-size-odd", (*SETS, "--per-scene", "1", "--stage1-size", "100"), ("--stage1-size 100",)),
+    Case("sets-stage1-steps-zero", (*SETS, "--per-scene", "1", "--stage1-steps", "0"), ("--stage1-steps 0",)),
+    Case("sets-refine-strength-negative", (*SETS, "--per-scene", "1", "--refine-strength", "-0.1"), ("--refine-strength -0.1",)),
+]
+
+
 # -- the study every case starts from -------------------------------------------------------------------------
 
 

@@ -382,10 +382,13 @@ def _label_lines(chain: FontChain, label: str, box: Box, value: int, left: float
         lines = [line for w in wrapped for line in w]
         if box.y1 + 10 + (len(lines) - 1) * step + ascent + descent > _LABELS_BOTTOM:
             continue
+        # the lines move sideways as one centred block, so that they read as one label
+        widths = [chain.width(line, size) for line in lines]
+        block = max(widths)
+        block_x0 = min(max(centre - block / 2, lo), hi - block)
         placed, y = [], box.y1 + 10
-        for line in lines:
-            line_width = chain.width(line, size)
-            placed.append(_line(chain, line, size, min(max(centre - line_width / 2, lo), hi - line_width), y))
+        for line, line_width in zip(lines, widths):
+            placed.append(_line(chain, line, size, block_x0 + (block - line_width) / 2, y))
             y += step
         return placed
     raise LayoutError(f"label:{value}", f"label {label!r} does not fit under its button even at {LABEL_SIZES[-1]} px "
@@ -612,6 +615,9 @@ class Panel:
                     return self._act(self.focused, now_s), False
             elif key.isdigit() and int(key) in self.values:
                 self.selected = int(key)
+            elif key.isdigit() and not self.values and len(actions) > 1 and 1 <= int(key) <= len(actions):
+                # a question with buttons (Go on / Stop): key k points at the k-th, Enter confirms it
+                self.focused = actions[int(key) - 1]
             elif key in ("left", "right"):
                 self._arrow(key, actions)
         return None, (self.selected, self.focused) != before

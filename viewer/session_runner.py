@@ -633,8 +633,9 @@ class SessionRunner:
             reason = stop.reason
             if stop.withdrawn and self.engine.status not in ("completed", "withdrawn", "declined"):
                 self.engine.withdraw(stop.reason)
-        except KeyboardInterrupt:
-            reason = "interrupted from the terminal (Ctrl-C)"
+        except KeyboardInterrupt as stop:
+            # the command turns SIGTERM into a KeyboardInterrupt that carries its own reason
+            reason = str(stop) or "interrupted from the terminal (Ctrl-C)"
         if reason is not None:
             self.engine.record_event("interrupted", {"at_step": self.engine.current().key, "backend": self.backend.name,
                                                      "reason": reason, "station": self.station})

@@ -3,12 +3,21 @@
 Exit codes: 0 the session ran to its end, 2 bad input (nothing written), 3 the run was interrupted and
 can be resumed (the exact ``session resume`` command is printed), 4 the session ended without
 completing: the participant withdrew or declined consent.
+
+A run holds the participant's run lock (:func:`study.store.running`) from before its first write to its
+last: a second station asked to run, resume or withdraw the same participant meanwhile is refused with
+one line. Ctrl-C and SIGTERM (a shutdown, ``kill``) stop a run the same way: what was confirmed is kept,
+and the resume command is printed.
 """
 
 from __future__ import annotations
 
 import shlex
+import signal
 import socket
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -37,11 +46,13 @@ StationOption = Annotated[
     Optional[str],
     typer.Option("--station", help="Name of this machine, recorded with the session (default: the host name)."),
 ]
-SessionNumberOption = Annotated[
-    Optional[int],
-    typer.Option("--session", help="Which of the participant's sessions, from 1 (default: run the next due one, "
-                                   "resume the open one)."),
-]
+def _session_number(default: str):
+    return Annotated[Optional[int], typer.Option("--session", help=f"Which of the participant's sessions, from 1 "
+                                                                    f"(default: {default}).")]
+
+
+RunSessionOption = _session_number("the next one due")
+OpenSessionOption = _session_number("the open one")
 FullscreenOption = Annotated[bool, typer.Option("--fullscreen", help="Desktop backend: fill the primary screen.")]
 ConsoleOption = Annotated[
     bool,
@@ -66,11 +77,14 @@ def _scripted_driver(driver: Path | None, simulate: int | None, pace: float):
     return None
 
 
-def _check_backend(backend: str, scripted, with_console: bool) -> None:
+def _check_backend(backend: str, scripted, with_console: bool, fullscreen: bool = False) -> None:
     from study.errors import BackendUnavailable, SessionError
 
     if backend not in BACKENDS:
         raise SessionError(f"--backend {backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
+    if fullscreen and backend != "desktop":
+        raise SessionError(f"--fullscreen fills the screen with the desktop backend's window; --backend {backend} "
+                           "has none, so leave --fullscreen out")
     if backend == "none" and scripted is None:
         raise SessionError("--backend none has nobody to answer; pass --driver FILE or --simulate SEED")
     if backend != "none":
@@ -80,6 +94,9 @@ def _check_backend(backend: str, scripted, with_console: bool) -> None:
         except ImportError as exc:
             raise BackendUnavailable(backend, f"the viewer cannot be loaded ({exc}); use --backend none") from None
         cls = backend_class(backend)
+        if not cls.capabilities.paced and scripted is None:
+            # nobody looks at an unpaced backend's frames, so a person cannot answer there
+            raise SessionError(f"--backend {backend} has nobody to answer; pass --driver FILE or --simulate SEED")
         reason = cls.why_not()
         if reason is not None:
             raise BackendUnavailable(backend, reason)
@@ -122,15 +139,52 @@ def _backend(backend: str, protocol, fullscreen: bool):
     return backend_class(backend)()
 
 
+@dataclass(frozen=True)
+class _Stopped:
+    """How a scripted run without a viewer ended early (the viewer's runner returns its own summary)."""
+
+    interrupted: str
+
+
+#: The reason a run stopped by Ctrl-C records (the viewer's runner uses the same words).
+CTRL_C = "interrupted from the terminal (Ctrl-C)"
+SIGTERM_REASON = "stopped by SIGTERM (a shutdown or 'kill')"
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops a run as Ctrl-C does (a KeyboardInterrupt in the main thread); a second one while the run
+    records its stop is ignored, so that the stop is recorded whole."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt(SIGTERM_REASON)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _drive(engine, backend: str, scripted, *, resumed: bool, station: str, fullscreen: bool, with_console: bool,
            fonts) -> object | None:
     if backend == "none":
         from rich.progress import Progress
 
-        with Progress(console=console, transient=True) as progress:
-            done, total = engine.progress()
-            task = progress.add_task(f"session of {engine.participant_code}", completed=done, total=total)
-            scripted.run(engine, on_step=lambda step: progress.update(task, completed=engine.progress()[0]))
+        try:
+            with Progress(console=console, transient=True) as progress:
+                done, total = engine.progress()
+                task = progress.add_task(f"session of {engine.participant_code}", completed=done, total=total)
+                scripted.run(engine, on_step=lambda step: progress.update(task, completed=engine.progress()[0]))
+        except KeyboardInterrupt as stop:
+            reason = str(stop) or CTRL_C
+            engine.record_event("interrupted", {"at_step": engine.current().key, "backend": "none", "reason": reason,
+                                                "station": station})
+            return _Stopped(reason)
         return None
     from viewer.session_runner import run_session
 
@@ -143,7 +197,7 @@ def _drive(engine, backend: str, scripted, *, resumed: bool, station: str, fulls
                        station=station, fonts=fonts)
 
 
-def _report(engine, summary, db: str, participant: str, backend: str) -> None:
+def _report(engine, summary, db: str, participant: str, backend: str, station: str) -> None:
     done, total = engine.progress()
     what = f"session {engine.number} of {engine.sessions_in_protocol()} of participant {participant}"
     if engine.status == "declined":
@@ -162,18 +216,18 @@ def _report(engine, summary, db: str, participant: str, backend: str) -> None:
     reason = f": {summary.interrupted}" if summary is not None and summary.interrupted else ""
     console.print(f"{what}: interrupted at step {done + 1} of {total} ('{engine.current().key}'){reason}", soft_wrap=True)
     console.print(f"resume it with: panostudy session resume --db {shlex.quote(db)} --participant {participant} "
-                  f"--backend {backend}", soft_wrap=True)
+                  f"--backend {backend} --station {shlex.quote(station)}", soft_wrap=True)
     raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _run_or_resume(mode: Literal["run", "resume"], db, participant, backend, driver, simulate, pace, *,
                    station=None, number=None, fullscreen=False, with_console=True) -> None:
     from study.engine import SessionEngine
-    from study.store import open_study
+    from study.store import open_study, running
 
     # The answer file is read before the session is planned, so a bad file writes nothing.
     scripted = _scripted_driver(driver, simulate, pace)
-    _check_backend(backend, scripted, with_console)
+    _check_backend(backend, scripted, with_console, fullscreen)
     station = _station(station)
     with open_study(db) as study:
         if scripted is not None:
@@ -184,18 +238,28 @@ def _run_or_resume(mode: Literal["run", "resume"], db, participant, backend, dri
 
             # this station's fonts must draw every text: checked before anything is written
             fonts = check_protocol(study.protocol, f"{study.shown_url} (its stored protocol)")
-        if mode == "run":
-            engine = SessionEngine.start(study, participant, station=station, number=number)
-        else:
-            engine = SessionEngine.resume(study, participant, number, station=station)
-        if scripted is not None:
-            # Exports and reports say who answered; a report built from simulated ratings carries a banner.
-            source = {"source": "simulated", "seed": simulate} if simulate is not None else {"source": "replayed", "file": str(driver)}
-            engine.record_event("answers_source", source)
-        summary = _drive(engine, backend, scripted, resumed=mode == "resume", station=station, fullscreen=fullscreen,
-                         with_console=with_console, fonts=fonts)
-        # the commands printed name the database as messages do: a password never shows
-        _report(engine, summary, study.shown_url, participant, backend)
+        if scripted is None:
+            from study.export import placeholder_warning
+
+            # a person is about to answer: say so at the desk if what they will rate is noise
+            warning = placeholder_warning(study)
+            if warning is not None:
+                console.print(warning, style="bold red", soft_wrap=True, highlight=False)
+        with running(study, participant), _sigterm_as_interrupt():
+            if mode == "run":
+                engine = SessionEngine.start(study, participant, station=station, number=number)
+            else:
+                engine = SessionEngine.resume(study, participant, number, station=station)
+            if scripted is not None:
+                # Exports and reports say who answered; a report built from simulated ratings carries a banner.
+                source = {"source": "simulated", "seed": simulate} if simulate is not None else {"source": "replayed", "file": str(driver)}
+                engine.record_event("answers_source", source)
+            summary = _drive(engine, backend, scripted, resumed=mode == "resume", station=station,
+                             fullscreen=fullscreen, with_console=with_console, fonts=fonts)
+            # An interruption may have come between a commit and the engine's note of it: report what is stored.
+            engine = SessionEngine.load(study, participant, engine.number)
+            # the commands printed name the database as messages do: a password never shows
+            _report(engine, summary, study.shown_url, participant, backend, station)
 
 
 @session_app.command("run")
@@ -207,7 +271,7 @@ def run(
     simulate: SimulateOption = None,
     pace: PaceOption = 0.0,
     station: StationOption = None,
-    session: SessionNumberOption = None,
+    session: RunSessionOption = None,
     fullscreen: FullscreenOption = False,
     with_console: ConsoleOption = True,
 ) -> None:
@@ -225,7 +289,7 @@ def resume(
     simulate: SimulateOption = None,
     pace: PaceOption = 0.0,
     station: StationOption = None,
-    session: SessionNumberOption = None,
+    session: OpenSessionOption = None,
     fullscreen: FullscreenOption = False,
     with_console: ConsoleOption = True,
 ) -> None:
@@ -239,13 +303,13 @@ def withdraw(
     db: DbOption,
     participant: ParticipantOption,
     reason: Annotated[str, typer.Option("--reason", help="Why the session stopped (kept in the event log).")] = "participant withdrew",
-    session: SessionNumberOption = None,
+    session: OpenSessionOption = None,
 ) -> None:
     """Mark a session withdrawn; what was recorded is kept (use 'study delete-participant' to erase it)."""
     from study.engine import SessionEngine
-    from study.store import open_study
+    from study.store import open_study, running
 
-    with open_study(db) as study:
+    with open_study(db) as study, running(study, participant):
         engine = SessionEngine.load(study, participant, session)
         step = engine.current().key
         engine.withdraw(reason)

@@ -12,7 +12,8 @@ from panostudy.cli._console import console
 DbOption = Annotated[
     str, typer.Option("--db", help="Study database: a SQLite file path (created by 'study init') or a SQLAlchemy URL.")
 ]
-CodeOption = Annotated[str, typer.Option("--code", help="Pseudonymous participant code (letters, digits, - and _).")]
+CodeOption = Annotated[str, typer.Option("--code", help="Pseudonymous participant code of the protocol's pattern "
+                                         "(default: letters then digits, e.g. P07, LAB2-013).")]
 
 study_app = typer.Typer(
     name="study",
@@ -57,6 +58,7 @@ def import_stimuli(
     """Validate panoramas (readable, 2:1, size) and add them to the study."""
     from rich.progress import Progress
 
+    from study.export import placeholder_warning
     from study.store import import_stimuli as run_import
     from study.store import open_study
 
@@ -70,10 +72,13 @@ def import_stimuli(
             study, source, scene=scene, training=training, downscale_into=downscale_into,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
+        warning = placeholder_warning(study)
     scenes = ", ".join(f"{name}: {count}" for name, count in sorted(report.per_scene.items())) or "none"
     if generated:
         console.print(f"read the generator's manifest {source}", soft_wrap=True, highlight=False)
     console.print(f"imported {report.added} stimuli ({scenes}); {report.already_present} were already in the study")
+    if warning is not None:
+        console.print(warning, style="bold red", soft_wrap=True, highlight=False)
 
 
 @study_app.command("migrate")
@@ -92,13 +97,15 @@ def migrate(db: DbOption) -> None:
 def add_participant(
     db: DbOption,
     code: CodeOption,
-    age: Annotated[Optional[int], typer.Option("--age", help="Age in years (optional).")] = None,
-    gender: Annotated[Optional[str], typer.Option("--gender", help="Gender as the participant states it (optional).")] = None,
+    age: Annotated[Optional[int], typer.Option("--age", help="Age in years (optional), within the protocol's range.")] = None,
+    gender: Annotated[Optional[str], typer.Option(
+        "--gender", help="One of the protocol's choices (default: female, male, non-binary, prefer not to say; optional).")] = None,
     vision_correction: Annotated[
-        Optional[str], typer.Option("--vision-correction", help="e.g. none, glasses, contact lenses (optional).")
+        Optional[str], typer.Option("--vision-correction", help="One of the protocol's choices (default: none, glasses, "
+                                    "contact lenses; optional).")
     ] = None,
 ) -> None:
-    """Enrol a participant under a pseudonymous code."""
+    """Enrol a participant under a pseudonymous code; the protocol's [enrolment] says which codes and values it takes."""
     from study.store import add_participant as enrol
     from study.store import open_study
 
@@ -168,6 +175,9 @@ def export(
     from study.outputs import check_distinct, write_all
     from study.store import open_study
 
+    if stimulus_root is not None and not stimulus_root.is_dir():
+        raise PanostudyError(f"--stimulus-root {stimulus_root}: not a folder; give the folder the stimulus paths "
+                             "start at, or leave it out for the deepest folder holding every stimulus")
     if not out.suffix:
         if ssq is not None or poses is not None or flags is not None:
             raise PanostudyError("--ssq, --poses and --flags name files for a single-file export; a package folder holds "

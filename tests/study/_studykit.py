@@ -23,8 +23,9 @@ SSQ_ITEMS = [
 
 
 def protocol_toml(*, breaks: str = "every_trials = 2", exposure_s: float = 5.0, pose_rate_hz: float = 10.0,
-                  ssq: bool = True, min_break_s: float = 30.0) -> str:
-    """A small protocol: two scenes, ACR (1 item) and VAR (2 items), one training panorama ``train.png``."""
+                  ssq: bool = True, min_break_s: float = 30.0, enrolment: str = "") -> str:
+    """A small protocol: two scenes, ACR (1 item) and VAR (2 items), one training panorama ``train.png``;
+    ``enrolment`` holds the keys of an ``[enrolment]`` table (none: the defaults)."""
     ssq_items = ", ".join(f'"{name}"' for name in SSQ_ITEMS)
     return f"""
 schema_version = 1
@@ -76,7 +77,7 @@ labels = {{ 1 = "Very blurry", 5 = "Very clear" }}
 id = "detail"
 question = "How detailed is the image?"
 labels = {{ 1 = "No detail", 5 = "Rich detail" }}
-"""
+""" + (f"\n[enrolment]\n{enrolment}\n" if enrolment else "")
 
 
 def write_panorama(path: Path, width: int = 64, height: int = 32, seed: int = 0) -> Path:

@@ -121,6 +121,22 @@ BROKEN = [
     ("break-every-zero", "every_trials = 8", "every_trials = 0", "breaks.every_trials", "not a trial count"),
     ("breaks-table-missing", "[breaks]", "[pauses]", "pauses", "unknown key"),
     ("bad-item-id", 'id = "overall"', 'id = "over all"', "scales[0].items[0].id", "not a valid id"),
+    ("code-pattern-not-regex", 'code_pattern = "[A-Z]{1,8}[0-9]{0,4}-?[0-9]{1,6}"', 'code_pattern = "[A-Z"',
+     "enrolment.code_pattern", "is not a regular expression"),
+    ("code-pattern-empty", 'code_pattern = "[A-Z]{1,8}[0-9]{0,4}-?[0-9]{1,6}"', 'code_pattern = "[A-Z]*"',
+     "enrolment.code_pattern", "matches an empty code"),
+    ("code-example-off-pattern", 'code_examples = ["P07", "LAB2-013"]', 'code_examples = ["P07", "JohnSmith"]',
+     "enrolment.code_examples[1]", "does not match the code pattern"),
+    ("age-range-reversed", "age_max = 99", "age_max = 10", "enrolment.age_max", "from age_min 18 on"),
+    ("age-negative", "age_min = 18", "age_min = -1", "enrolment.age_min", "-1 is not an age"),
+    ("age-float", "age_min = 18", "age_min = 18.5", "enrolment.age_min", "expected an integer"),
+    ("gender-twice", '"non-binary", "prefer not to say"]', '"non-binary", "male"]', "enrolment.gender[3]",
+     "listed twice"),
+    ("gender-not-a-list", 'gender = ["female", "male", "non-binary", "prefer not to say"]', 'gender = "female"',
+     "enrolment.gender", "expected a list"),
+    ("vision-no-choices", 'vision_correction = ["none", "glasses", "contact lenses"]', "vision_correction = []",
+     "enrolment.vision_correction", "no choices and no free text"),
+    ("enrolment-typo", "age_min = 18", "agemin = 18", "enrolment.agemin", "did you mean 'age_min'"),
 ]
 
 
@@ -152,3 +168,29 @@ def test_protocol_is_frozen():
     assert isinstance(protocol, Protocol)
     with pytest.raises(AttributeError):
         protocol.seed = 1  # type: ignore[misc]
+
+
+def test_enrolment_has_defaults_and_takes_the_protocol_choices(protocol_file: Path):
+    from study.protocol import DEFAULT_CODE_PATTERN, DemographicField, EnrolmentSpec
+
+    shipped = load_protocol(DEFAULT_PROTOCOL).enrolment
+    assert shipped.code_pattern == DEFAULT_CODE_PATTERN and shipped.code_examples == ("P07", "LAB2-013")
+    assert (shipped.age_min, shipped.age_max) == (18, 99)
+    assert shipped.gender == DemographicField(("female", "male", "non-binary", "prefer not to say"))
+    text = protocol_file.read_text(encoding="utf-8")
+    start, end = text.index("[enrolment]"), text.index("[training]")
+    without = text[:start] + text[end:]
+    assert parse_protocol(without, base_dir=protocol_file.parent).enrolment == EnrolmentSpec()   # older protocols
+    own = text[:start] + """[enrolment]
+code_pattern = "S[0-9]{3}"
+gender = ["w", "m"]
+gender_free_text = true
+vision_correction = []
+vision_correction_free_text = true
+
+""" + text[end:]
+    enrolment = parse_protocol(own, base_dir=protocol_file.parent).enrolment
+    assert enrolment.code_pattern == "S[0-9]{3}" and enrolment.code_examples == ()   # the defaults' examples do not fit
+    assert enrolment.gender == DemographicField(("w", "m"), free_text=True)
+    assert enrolment.vision_correction == DemographicField((), free_text=True)
+    assert (enrolment.age_min, enrolment.age_max) == (1, 120)

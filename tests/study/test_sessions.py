@@ -163,7 +163,7 @@ def test_consent_declined_keeps_nothing_but_that(tmp_path):
                                                 'consent = "Do you agree?"\ninstructions = "Look around'), encoding="utf-8")
     db = create_study(folder / "study.sqlite", protocol)
     import_stimuli(db, write_stimuli(folder / "stimuli"))
-    add_participant(db, "P01", age=30, gender="f")
+    add_participant(db, "P01", age=30, gender="female")
     add_participant(db, "P02", age=41)
     try:
         declined = SessionEngine.start(db, "P01")

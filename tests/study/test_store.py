@@ -169,14 +169,94 @@ def test_participants_are_pseudonymous_and_unique(study_db):
     assert third.number == 2
 
 
-def test_delete_participant_removes_all_their_data_only(study_db, tmp_path):
+# The default pattern (letters then digits): codes a lab writes, and what a person's name or address looks like.
+ACCEPTED_CODES = ["P07", "P1", "S001", "LAB2-013", "VR-0001", "ABCDEFGH1234-123456"]
+REFUSED_CODES = ["JohnSmith", "Maria_Garcia", "john-doe-1985", "jane.doe@example.org", "p07", "P07a", "007", "P",
+                 "P 07", "LAB2-013-1", "ABCDEFGHI1", "P-", ""]
+
+
+def test_codes_follow_the_protocol_pattern_and_the_message_gives_it(tmp_path):
+    from study.protocol import DEFAULT_CODE_PATTERN, load_protocol
+    from study.store import check_code
+
+    protocol = load_protocol(write_protocol(tmp_path))
+    assert [code for code in ACCEPTED_CODES if check_code(protocol, code) != code] == []
+    for code in REFUSED_CODES:
+        with pytest.raises(StoreError) as refused:
+            check_code(protocol, code)
+        assert f"participant code {code!r} is invalid: codes match {DEFAULT_CODE_PATTERN}" in str(refused.value)
+        assert "e.g. P07, LAB2-013" in str(refused.value) and "never a name" in str(refused.value)
+    with pytest.raises(StoreError, match=r"did you mean 'P07'\?"):
+        check_code(protocol, "p07")
+    # A protocol's own pattern; the safe set of characters still holds.
+    own = load_protocol(write_protocol(tmp_path / "own", enrolment='code_pattern = "[a-z]+[0-9]+|.+@.+"'))
+    assert check_code(own, "lab7") == "lab7"
+    with pytest.raises(StoreError, match="'a@b' is invalid: codes are 1-32 letters, digits, '-' or '_'"):
+        check_code(own, "a@b")
+    with pytest.raises(StoreError, match=r"codes match \[a-z\]\+\[0-9\]\+\|\.\+@\.\+ \(the protocol's enrolment.code_pattern\);"):
+        check_code(own, "LAB7")
+
+
+def test_demographics_take_the_protocol_choices_or_free_text_where_allowed(tmp_path):
+    from study.protocol import load_protocol
+    from study.store import check_demographics
+
+    protocol = load_protocol(write_protocol(tmp_path))
+    check_demographics(protocol, age=1, gender="prefer not to say", vision_correction="contact lenses")
+    check_demographics(protocol, age=120)
+    for options, message in [
+        (dict(gender="jane.doe@example.org"), "--gender 'jane.doe@example.org' is not one of the protocol's choices "
+                                              "('female', 'male', 'non-binary', 'prefer not to say'; enrolment.gender)"),
+        (dict(gender="Female"), "--gender 'Female' is not one of"),
+        (dict(vision_correction="varifocals"), "--vision-correction 'varifocals' is not one of the protocol's choices"),
+        (dict(age=0), "--age 0 is not an age in years within 1..120"),
+        (dict(age=121), "--age 121 is not an age"),
+    ]:
+        with pytest.raises(StoreError) as refused:
+            check_demographics(protocol, **options)
+        assert message in str(refused.value)
+    free = load_protocol(write_protocol(tmp_path / "free", enrolment="gender_free_text = true\nage_min = 18\nage_max = 65"))
+    check_demographics(free, gender="genderqueer", age=18)
+    check_demographics(free, gender="Zwei-Geist / two-spirit")
+    for text in ("jane.doe@example.org", "born 1985", "Maria_Garcia", "x" * 41, "  ", "call +49 30 1234"):
+        with pytest.raises(StoreError, match="is neither one of 'female', .* nor a short free-text answer"):
+            check_demographics(free, gender=text)
+    with pytest.raises(StoreError, match="--age 17 is not an age in years within 18..65"):
+        check_demographics(free, age=17)
+
+
+def test_the_pattern_applies_at_enrolment_so_earlier_codes_keep_working(tmp_path):
     from study.driver import RaterModel, ScriptedDriver
 
-    add_participant(study_db, "Xq7-erase-me", gender="Xq7-gender-text")
-    for code in ("Xq7-erase-me", "P02"):
+    db = make_study(tmp_path, participants=("P01",))
+    # enrolled by an earlier panostudy, whose only rule was letters, digits, '-' and '_'
+    with db.Session.begin() as session:
+        session.add(Participant(study_id=db.study_id, code="lab_anna", number=1))
+    engine = SessionEngine.start(db, "lab_anna")
+    ScriptedDriver(RaterModel(1)).run(engine)
+    assert engine.status == "completed"
+    with pytest.raises(StoreError, match="'lab_bert' is invalid"):
+        add_participant(db, "lab_bert")
+    db.close()
+
+
+@pytest.fixture
+def free_text_study(tmp_path, db_target):
+    """The small study on each store, its protocol allowing a gender in the participant's own words."""
+    db = make_study(tmp_path, db=db_target(tmp_path), enrolment="gender_free_text = true")
+    yield db
+    db.close()
+
+
+def test_delete_participant_removes_all_their_data_only(free_text_study, tmp_path):
+    from study.driver import RaterModel, ScriptedDriver
+
+    study_db = free_text_study
+    add_participant(study_db, "XQ7-4711", gender="Xqseven genderqueer")
+    for code in ("XQ7-4711", "P02"):
         ScriptedDriver(RaterModel(1)).run(SessionEngine.start(study_db, code))
     counts = {model: rows(study_db, model) for model in (Answer, SsqAnswer, PoseSample, StepDone, Trial, Event)}
-    report = delete_participant(study_db, "Xq7-erase-me")
+    report = delete_participant(study_db, "XQ7-4711")
     for model, total in counts.items():
         assert rows(study_db, model) == total // 2, model
     with study_db.Session() as session:
@@ -185,9 +265,10 @@ def test_delete_participant_removes_all_their_data_only(study_db, tmp_path):
     if study_db.engine.dialect.name == "sqlite":
         # secure_delete and the WAL checkpoint leave no copy of the code or the free text in the files.
         assert [p.name for p in report.verified_files] == ["study.sqlite", "study.sqlite-wal"]
-        assert not [p.name for p in tmp_path.glob("study.sqlite*") if b"Xq7-" in p.read_bytes()]
+        assert not [p.name for p in tmp_path.glob("study.sqlite*")
+                    if b"XQ7-4711" in p.read_bytes() or b"Xqseven" in p.read_bytes()]
         assert report.remaining is None
     else:
         assert report.verified_files == () and "VACUUM FULL" in report.remaining and "write-ahead log" in report.remaining
-    with pytest.raises(StoreError, match="'Xq7-erase-me' is not enrolled"):
-        delete_participant(study_db, "Xq7-erase-me")
+    with pytest.raises(StoreError, match="'XQ7-4711' is not enrolled"):
+        delete_participant(study_db, "XQ7-4711")

@@ -197,8 +197,8 @@ def test_sixteen_concurrent_enrolments_all_succeed(tmp_path, db_target):
 
 
 def test_erasure_waits_for_a_reader_then_names_it_and_a_repeat_finishes_it(tmp_path):
-    db = make_study(tmp_path, participants=("P01", "Zx9-gone"))
-    ScriptedDriver(RaterModel(3)).run(SessionEngine.start(db, "Zx9-gone"))
+    db = make_study(tmp_path, participants=("P01", "ZX9-0815"))
+    ScriptedDriver(RaterModel(3)).run(SessionEngine.start(db, "ZX9-0815"))
     path = tmp_path / "study.sqlite"
     # A monitor with the study open (say 'study info' in a loop) keeps the WAL alive after the reader ends.
     monitor = holder(path, "SELECT 1")
@@ -206,32 +206,32 @@ def test_erasure_waits_for_a_reader_then_names_it_and_a_repeat_finishes_it(tmp_p
     try:
         with pytest.raises(StoreError, match=rf"rows are deleted, but copies of them stay in study.sqlite-wal while "
                                              rf"pid {reader.pid}: another program \(.*\) keeps the database open"):
-            delete_participant(db, "Zx9-gone", wait_s=0.5)
+            delete_participant(db, "ZX9-0815", wait_s=0.5)
         release(reader)
-        assert [name for name in siblings(path) if b"Zx9-gone" in (tmp_path / name).read_bytes()] == ["study.sqlite-wal"]
-        report = delete_participant(db, "Zx9-gone", wait_s=0.5)
+        assert [name for name in siblings(path) if b"ZX9-0815" in (tmp_path / name).read_bytes()] == ["study.sqlite-wal"]
+        report = delete_participant(db, "ZX9-0815", wait_s=0.5)
     finally:
         release(monitor)
     assert not report.deleted and [p.name for p in report.verified_files] == ["study.sqlite", "study.sqlite-wal"]
-    assert not [name for name in siblings(path) if b"Zx9-gone" in (tmp_path / name).read_bytes()]
-    with pytest.raises(StoreError, match="'Zx9-gone' is not enrolled, and nothing of that code is left"):
-        delete_participant(db, "Zx9-gone")
+    assert not [name for name in siblings(path) if b"ZX9-0815" in (tmp_path / name).read_bytes()]
+    with pytest.raises(StoreError, match="'ZX9-0815' is not enrolled, and nothing of that code is left"):
+        delete_participant(db, "ZX9-0815")
     db.close()
 
 
 def test_postgresql_erasure_says_what_stays_and_vacuum_full_removes_it_from_the_table_files(postgres_server, tmp_path):
-    db = make_study(tmp_path, participants=("P01", "Zx9-gone"), db=postgres_server.create_database())
+    db = make_study(tmp_path, participants=("P01", "ZX9-0815"), db=postgres_server.create_database())
 
     def participant_file_holds_code() -> bool:
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             connection.exec_driver_sql("CHECKPOINT")
             relative = connection.exec_driver_sql("SELECT pg_relation_filepath('participant')").scalar()
-        return b"Zx9-gone" in (postgres_server.data_dir / relative).read_bytes()
+        return b"ZX9-0815" in (postgres_server.data_dir / relative).read_bytes()
 
-    report = delete_participant(db, "Zx9-gone")
+    report = delete_participant(db, "ZX9-0815")
     assert "VACUUM FULL" in report.remaining and "--vacuum-full" in report.remaining
     assert participant_file_holds_code()  # deleted, but still physically in the heap file, as the note says
-    finished = delete_participant(db, "Zx9-gone", vacuum_full=True)
+    finished = delete_participant(db, "ZX9-0815", vacuum_full=True)
     assert not finished.deleted and "rewrote the tables" in finished.remaining and "write-ahead log" in finished.remaining
     assert not participant_file_holds_code()
     db.close()

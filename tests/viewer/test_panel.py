@@ -153,3 +153,33 @@ def test_ssq_items_use_their_own_range():
     assert panel.values == (0, 1, 2, 3)
     panel.handle(key("0"), 0.1)
     assert panel.handle(key("enter"), 0.2)[0].value == 0
+
+
+def test_number_keys_point_at_the_buttons_of_a_question_and_enter_confirms():
+    stop = _Panel(message_content("stop", PROTOCOL), shown_at_s=0.0)
+    assert stop.handle(key("2"), 0.1) == (None, True)               # the second button: Stop
+    assert stop.handle(key("3"), 0.2) == (None, False)              # there is no third
+    result, _ = stop.handle(key("enter"), 0.3)
+    assert result.action == "stop"
+    stop.handle(key("1"), 0.4)
+    result, _ = stop.handle(key("enter"), 0.5)
+    assert result.action == "go_on"
+
+
+def test_the_lines_of_a_long_anchor_label_move_as_one_centred_block():
+    # eleven narrow buttons: the end labels spread under their unlabelled neighbours and wrap there
+    long = "Extremely blurry everywhere in the whole picture"
+    step = Step("rating", "trial/3/VAR/blur", text="How blurry?", labels={0: long, 10: long},
+                min_value=0, max_value=10, trial_index=3, item_number=1, item_count=1)
+    panel = Panel(step, shown_at_s=0.0)
+    first_top = min(line.box.y0 for line in panel.layout.labels)
+    groups: list[list] = []
+    for line in panel.layout.labels:
+        if line.box.y0 == first_top:
+            groups.append([])
+        groups[-1].append(line)
+    wrapped = [g for g in groups if len(g) > 1]
+    assert wrapped, "the long labels should wrap onto a second line"
+    for lines in wrapped:
+        centres = [(line.box.x0 + line.box.x1) / 2 for line in lines]
+        assert max(centres) - min(centres) < 0.5, [line.text for line in lines]

@@ -71,8 +71,8 @@ def _check_backend(backend: str, scripted, with_console: bool) -> None:
 
     if backend not in BACKENDS:
         raise SessionError(f"--backend {backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
-    if backend == "none" and scripted is None:
-        raise SessionError("--backend none has nobody to answer; pass --driver FILE or --simulate SEED")
+    if backend in ("none", "headless") and scripted is None:
+        raise SessionError(f"--backend {backend} has nobody to answer; pass --driver FILE or --simulate SEED")
     if backend != "none":
         # Checked before the session and its trial order are written, so an unusable backend leaves nothing.
         try:
@@ -110,9 +110,16 @@ def _station(station: str | None) -> str:
     return host
 
 
-def _backend(backend: str, protocol, fullscreen: bool):
+def _backend(backend: str, engine, fullscreen: bool, scripted):
     from viewer.backends.base import backend_class
 
+    protocol = engine.protocol
+    if backend == "headless":
+        from panostudy.gaze_targets import synthetic_gaze, target_regions
+        from viewer.backends.headless import HeadlessBackend
+
+        # the scripted participant's eyes: the synthetic tracker, drawn towards the stimuli's masked objects
+        return HeadlessBackend(gaze=synthetic_gaze(scripted.motion_seed, engine.participant_code, target_regions(engine.db)))
     if backend == "desktop":
         from viewer.backends.desktop import DesktopBackend
 
@@ -134,7 +141,7 @@ def _drive(engine, backend: str, scripted, *, resumed: bool, station: str, fulls
         return None
     from viewer.session_runner import run_session
 
-    instance = _backend(backend, engine.protocol, fullscreen)
+    instance = _backend(backend, engine, fullscreen, scripted)
     interactive = _interactive(instance.capabilities)
     if with_console and interactive:
         console.print("the experimenter's console opens in its own window: Pause (P), Resume (R), Break now (B), "

@@ -120,6 +120,26 @@ def test_the_export_package_and_the_report_carry_the_gaze(biased, tmp_path):
     assert "no stimulus names generator masks" in page and "gaze_validation.csv" in written
 
 
+def test_study_export_gaze_writes_every_sample_with_its_codebook(biased, tmp_path):
+    from typer.testing import CliRunner
+
+    from panostudy.cli import app
+
+    db, _ = biased
+    out = tmp_path / "files"
+    out.mkdir()
+    done = CliRunner().invoke(app, ["study", "export", "--db", str(tmp_path / "study.sqlite"), "--out", str(out / "answers.csv"),
+                                    "--gaze", str(out / "gaze.csv")])
+    assert done.exit_code == 0, done.output
+    written = pd.read_csv(out / "gaze.csv")
+    stored = load_gaze(db, interrupted=True)
+    assert len(written) == len(stored) and written.valid.sum() == stored.valid.sum()
+    assert written.loc[written.valid, "yaw_deg"].to_numpy() == pytest.approx(stored.loc[stored.valid, "yaw_deg"].to_numpy())
+    assert written.loc[~written.valid, "yaw_deg"].isna().all()          # an invalid sample has no direction
+    codebook = (out / "gaze.codebook.md").read_text(encoding="utf-8")
+    assert "XrEyeGazeSampleTimeEXT" in codebook and "yaw_deg" in codebook
+
+
 class _WorldGaze(GazeSource):
     """An eye that looks at one fixed direction of the room (world yaw 50°, pitch 10°), 120 times a second."""
 

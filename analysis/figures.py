@@ -222,3 +222,102 @@ def heatmap_figure(poses: pd.DataFrame, thumbnails: Mapping[str, np.ndarray] | N
     for ax in axes[len(scenes):]:
         ax.set_visible(False)
     return fig
+
+
+def _equirect_axes(ax, thumb, title: str) -> None:
+    """An axis spanning the sphere (yaw −180..180, pitch −90..90) over a stimulus thumbnail (or dark)."""
+    extent = (-180.0, 180.0, -90.0, 90.0)
+    if thumb is not None:
+        # dimmed, so that the map over it stands out
+        ax.imshow((np.asarray(thumb, dtype=np.float64) * 0.5 + 20.0).astype(np.uint8), extent=extent, origin="upper",
+                  aspect="auto")
+    else:
+        ax.set_facecolor("0.15")
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-90, 90)
+    ax.set_xticks([-180, -90, 0, 90, 180])
+    ax.set_yticks([-90, 0, 90])
+    ax.tick_params(labelsize="x-small")
+    ax.set_title(title, fontsize="small")
+
+
+def _density_overlay(fig, ax, density: np.ndarray, label: str) -> None:
+    """A saliency map (density per steradian) over the axis, transparent where it is low, with its colour bar
+    in per cent of the map per square degree."""
+    extent = (-180.0, 180.0, -90.0, 90.0)
+    per_deg2 = density * 100.0 * (np.pi / 180.0) ** 2
+    image = ax.imshow(per_deg2, extent=extent, origin="upper", aspect="auto", cmap="inferno",
+                      alpha=np.clip(density / density.max(), 0.0, 1.0) * 0.85)
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+    colorbar.solids.set_alpha(1.0)
+    colorbar.set_label(label, fontsize="x-small")
+    colorbar.ax.tick_params(labelsize="x-small")
+
+
+def saliency_figure(maps: Mapping[str, np.ndarray], thumbnails: Mapping[str, np.ndarray] | None, names: Mapping[str, str]):
+    """The gaze saliency map of every stimulus over its thumbnail, two per row, each with its colour bar.
+
+    ``maps`` are densities on the sphere (:func:`analysis.saliency.saliency_map`); ``names`` label the panels.
+    """
+    stimuli = list(maps)
+    columns = 2 if len(stimuli) > 1 else 1
+    rows = int(np.ceil(len(stimuli) / columns))
+    fig = _figure(4.6 * columns, 2.4 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    for ax, stimulus in zip(axes, stimuli):
+        _equirect_axes(ax, (thumbnails or {}).get(stimulus), names.get(stimulus, stimulus))
+        _density_overlay(fig, ax, maps[stimulus], "% of fixations / deg²")
+    for ax in axes[len(stimuli):]:
+        ax.set_visible(False)
+    return fig
+
+
+def head_gaze_figure(maps: Mapping[str, tuple[np.ndarray, np.ndarray | None]], thumbnails: Mapping[str, np.ndarray] | None):
+    """Per scene (rows): the head-only map (viewport centre, σ = 3.34°) and the gaze map (σ = 2°) side by side."""
+    scenes = ordered(list(maps), PAPER_SCENES)
+    fig = _figure(9.2, 2.4 * len(scenes))
+    axes = fig.subplots(len(scenes), 2, squeeze=False)
+    for (head_ax, gaze_ax), scene in zip(axes, scenes):
+        gaze_map, head_map = maps[scene]
+        thumb = (thumbnails or {}).get(scene)
+        _equirect_axes(head_ax, thumb, f"{scene}: head (viewport centre)")
+        if head_map is not None:
+            _density_overlay(fig, head_ax, head_map, "% / deg²")
+        else:
+            head_ax.text(0, 0, "no head poses", ha="center", va="center", color="white")
+        _equirect_axes(gaze_ax, thumb, f"{scene}: eye gaze (fixations)")
+        _density_overlay(fig, gaze_ax, gaze_map, "% / deg²")
+    return fig
+
+
+def scanpath_figure(fixations: pd.DataFrame, thumbnails: Mapping[str, np.ndarray] | None, names: Mapping[str, str], *,
+                    participants: int = 3, seconds: float = 8.0):
+    """Scanpaths: for each stimulus, the first ``seconds`` of the fixations of its first ``participants``
+    participants, numbered in order, marker area by duration, one colour per participant."""
+    stimuli = list(dict.fromkeys(fixations["stimulus"].astype(str)))
+    columns = 2 if len(stimuli) > 1 else 1
+    rows = int(np.ceil(len(stimuli) / columns))
+    fig = _figure(4.6 * columns, 2.5 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    colours = ("tab:cyan", "tab:orange", "tab:pink", "tab:olive", "tab:purple")
+    for ax, stimulus in zip(axes, stimuli):
+        of_stimulus = fixations[fixations["stimulus"].astype(str) == stimulus]
+        codes = sorted(of_stimulus["participant"].astype(str).unique())[:participants]
+        _equirect_axes(ax, (thumbnails or {}).get(stimulus), f"{names.get(stimulus, stimulus)}: first {seconds:g} s")
+        for colour, code in zip(colours, codes):
+            path = of_stimulus[(of_stimulus["participant"].astype(str) == code) & (of_stimulus["onset_s"] < seconds)]
+            path = path.sort_values("onset_s")
+            yaw, pitch = path["yaw_deg"].to_numpy(float), path["pitch_deg"].to_numpy(float)
+            # a jump across the ±180° seam is drawn as a break, not as a line across the image
+            broken = np.flatnonzero(np.abs(np.diff(yaw)) > 180.0) + 1
+            for y, p in zip(np.split(yaw, broken), np.split(pitch, broken)):
+                ax.plot(y, p, color=colour, linewidth=0.8, alpha=0.9)
+            ax.scatter(yaw, pitch, s=12 + 60 * path["duration_s"].to_numpy(float), color=colour, edgecolors="black",
+                       linewidths=0.4, label=code, zorder=3)
+            for number, (y, p) in enumerate(zip(yaw, pitch), start=1):
+                ax.annotate(str(number), (y, p), fontsize=5, ha="center", va="center", zorder=4)
+        if codes:
+            ax.legend(fontsize="xx-small", loc="lower left")
+    for ax in axes[len(stimuli):]:
+        ax.set_visible(False)
+    return fig

@@ -8,8 +8,8 @@ imageio's ffmpeg plugin), a ``.gif`` (Pillow), or with ``every_s`` a contact she
 one frame every ``every_s`` seconds.
 
 The data are plain frames: head poses as ``study.export.load_poses`` returns them, ratings as
-``study.export.load_answers``, and gaze samples with :data:`GAZE_SAMPLE_COLUMNS` (the same trial keys, so
-stored gaze plugs in as one more frame).
+``study.export.load_answers``, and gaze samples with :data:`GAZE_SAMPLE_COLUMNS` (``study.export.load_gaze``
+by default, or a file of the same columns; ``session`` is the database id, as in every export).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class ReplayTrial:
     """Everything a replay shows of one trial."""
 
     participant: str
-    session: int
+    session: int            # the participant's session number (from 1)
     trial_index: int
     stimulus: str
     scene: str
@@ -88,15 +88,19 @@ def replay_trial(
 ) -> ReplayTrial:
     """Gathers one trial from the study's frames (answers and poses of ``study.export``; gaze optional).
 
+    ``session`` is the participant's session number (1 for their first), needed only when the trial index is
+    in several of their sessions.
+
     Raises
     ------
     AnalysisError
-        One line if the participant is not in the data, has no such trial (or it is in several sessions
-        and ``session`` is not given), or nothing was recorded during it.
+        One line if the participant is not in the data, has no such session or trial (or it is in several
+        sessions and ``session`` is not given), or nothing was recorded during it.
     """
+    keys = ["participant", "session", "session_number", "trial_index"]
     recorded = pd.concat(
-        [frame[["participant", "session", "trial_index"]] for frame in (answers, poses) if len(frame)], ignore_index=True
-    ) if len(answers) or len(poses) else pd.DataFrame(columns=["participant", "session", "trial_index"])
+        [frame[keys] for frame in (answers, poses) if len(frame)], ignore_index=True
+    ) if len(answers) or len(poses) else pd.DataFrame(columns=keys)
     recorded["participant"] = recorded["participant"].astype(str)
     codes = sorted(recorded["participant"].unique())
     if participant not in codes:
@@ -106,21 +110,26 @@ def replay_trial(
         )
     mine = recorded[recorded["participant"] == participant]
     if session is not None:
-        mine = mine[mine["session"] == session]
+        numbers = sorted(set(mine["session_number"].astype(int)))
+        mine = mine[mine["session_number"] == session]
         if mine.empty:
-            raise AnalysisError(f"participant {participant} has no session {session}; check --session")
+            raise AnalysisError(f"participant {participant} has no session {session} with recorded trials (their "
+                                f"sessions: {', '.join(map(str, numbers))}); check --session")
     trials = sorted(set(mine["trial_index"].astype(int)))
     if trial_index not in trials:
         raise AnalysisError(
             f"participant {participant} has no recorded trial {trial_index}; their recorded trials are "
             f"{_ranges(trials)} (counted from 0, training first)"
         )
-    sessions = sorted(set(mine.loc[mine["trial_index"] == trial_index, "session"].astype(int)))
-    if len(sessions) > 1:
+    of_trial_rows = mine[mine["trial_index"] == trial_index]
+    numbers = sorted(set(of_trial_rows["session_number"].astype(int)))
+    if len(numbers) > 1:
         raise AnalysisError(
-            f"participant {participant} has a trial {trial_index} in sessions {', '.join(map(str, sessions))}; choose one with --session"
+            f"participant {participant} has a trial {trial_index} in sessions {', '.join(map(str, numbers))}; choose one "
+            "with --session"
         )
-    session = sessions[0]
+    number = numbers[0]
+    session = int(of_trial_rows["session"].iloc[0])
 
     def of_trial(frame: pd.DataFrame) -> pd.DataFrame:
         selected = frame[(frame["participant"].astype(str) == participant) & (frame["session"] == session)
@@ -135,7 +144,7 @@ def replay_trial(
     ends = [frame["t"].max() for frame in (trial_poses, trial_gaze) if frame is not None and len(frame)]
     return ReplayTrial(
         participant=participant,
-        session=int(session),
+        session=number,
         trial_index=int(trial_index),
         stimulus=str(source["stimulus"].iloc[0]),
         scene=str(source["scene"].iloc[0]),
@@ -149,10 +158,14 @@ def replay_trial(
 
 def load_replay_trial(db, participant: str, trial_index: int, *, gaze: pd.DataFrame | None = None,
                       session: int | None = None) -> ReplayTrial:
-    """:func:`replay_trial` over a study database (a path, URL or open ``StudyDB``); the protocol's exposure."""
-    from study.export import _opened, load_answers, load_poses
+    """:func:`replay_trial` over a study database (a path, URL or open ``StudyDB``), with its stored gaze unless
+    ``gaze`` is given, and the protocol's exposure."""
+    from study.export import _opened, load_answers, load_gaze, load_poses
 
     with _opened(db) as study:
+        if gaze is None:
+            stored = load_gaze(study)
+            gaze = stored if len(stored) else None
         return replay_trial(load_answers(study), load_poses(study), participant, trial_index, gaze=gaze,
                             session=session, exposure_s=study.protocol.exposure_s)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.gaze_summary import NO_GAZE_NOTE, GazeAnalysis, gaze_analysis
 from analysis.mixed import SceneEffect, scene_effect
 from analysis.mos import all_summaries
 from analysis.power import smallest_detectable_difference
@@ -32,7 +33,7 @@ from analysis.validate import prepare_answers, prepare_poses
 from study.errors import AnalysisError
 
 ANALYSIS_STEPS = ("validate answers", "screening", "Table 1", "robustness", "mixed models", "reliability", "SSQ",
-                  "SOS and power", "sample")
+                  "SOS and power", "sample", "gaze")
 REPORT_STEPS = ("figures", "tables", "HTML")
 REPORT_MARKER = "report.html"
 SIMULATED_BANNER = "SIMULATED RATINGS: these answers come from a seeded rater model, not from people"
@@ -54,6 +55,9 @@ class StudyContext:
         The tables of ``study.export`` (demographics; durations, withdrawals, viewer; provenance).
     flagged_trials : pandas.DataFrame or None
         Trials flagged during the sessions (``study.export.load_flagged_trials``).
+    gaze, validation : pandas.DataFrame or None
+        Eye-gaze samples of the trials and the eye-tracker validations (``study.export.load_gaze``,
+        ``load_validation``).
     source : str
         Where the data came from (database URL or export folder), for the report's header.
     """
@@ -63,6 +67,8 @@ class StudyContext:
     sessions: pd.DataFrame | None = None
     stimuli: pd.DataFrame | None = None
     flagged_trials: pd.DataFrame | None = None
+    gaze: pd.DataFrame | None = None
+    validation: pd.DataFrame | None = None
     source: str = ""
 
 
@@ -94,6 +100,8 @@ class Analysis:
     sensitivity : pandas.DataFrame
         Per scale: N, SD of the paired scene differences and the smallest difference detectable at 80 % power.
     demographics, durations, exclusions : pandas.DataFrame
+    gaze : GazeAnalysis or None
+        Fixations, saliency maps, head vs gaze, consistency, mask dwell and validation; None without gaze.
     banners : tuple of str
         Shown on every page (simulated ratings, placeholder images).
     warnings : tuple of str
@@ -117,6 +125,7 @@ class Analysis:
     demographics: pd.DataFrame = field(default_factory=pd.DataFrame)
     durations: pd.DataFrame = field(default_factory=pd.DataFrame)
     exclusions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    gaze: GazeAnalysis | None = None
     banners: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     context: StudyContext = field(default_factory=StudyContext)
@@ -173,7 +182,7 @@ def _banners(answers: pd.DataFrame, context: StudyContext) -> tuple[str, ...]:
 
 def analyze(answers: pd.DataFrame, *, ssq: pd.DataFrame | None = None, poses: pd.DataFrame | None = None,
             screening: str = "bt500", context: StudyContext | None = None, exclude_flagged: bool = False,
-            progress: Progress | None = None) -> Analysis:
+            root: Path | None = None, progress: Progress | None = None) -> Analysis:
     """Runs every analysis of the study.
 
     Parameters
@@ -188,6 +197,8 @@ def analyze(answers: pd.DataFrame, *, ssq: pd.DataFrame | None = None, poses: pd
         Protocol, participant, session and stimulus tables, flagged trials.
     exclude_flagged : bool
         Remove the answers of the context's flagged trials before anything else (else they are listed only).
+    root : Path, optional
+        Where relative stimulus and mask paths start (the gaze on the masked objects); the current folder.
     progress : callable, optional
         Called with each step's name (:data:`ANALYSIS_STEPS`) before it runs.
 
@@ -246,20 +257,25 @@ def analyze(answers: pd.DataFrame, *, ssq: pd.DataFrame | None = None, poses: pd
     demo = demographics(context.participants, test["participant"])
     durations = session_durations(context.sessions, test)
     exclusions = exclusions_summary(screened, context.sessions, context.flagged_trials, flagged_excluded=exclude_flagged)
+    _step(progress, "gaze")
+    gaze = gaze_analysis(context.gaze, pose_frame, context.validation, context.stimuli, test["stimulus"].unique(),
+                         root=root or Path.cwd())
     return Analysis(test, screened, main, robustness, all_summaries(screened.answers), effects, rel, scores,
-                    test_frame, pose_frame, sos, points, sens, demo, durations, exclusions,
+                    test_frame, pose_frame, sos, points, sens, demo, durations, exclusions, gaze,
                     _banners(test, context), tuple(warnings), context)
 
 
-def stimulus_thumbnails(answers: pd.DataFrame, *, root: Path | None = None, width: int = 256) -> dict[str, np.ndarray]:
-    """A small equirect thumbnail of the first readable stimulus of every scene (for the heat maps).
+def stimulus_thumbnails(answers: pd.DataFrame, *, root: Path | None = None, width: int = 256,
+                        per: str = "scene") -> dict[str, np.ndarray]:
+    """A small equirect thumbnail of the first readable stimulus of every scene (for the heat maps), or with
+    ``per="stimulus"`` of every stimulus (for the saliency maps), keyed by its path as in ``answers``.
 
     Stimulus paths are read as given, or relative to ``root``; scenes whose images are not found get none.
     """
     from PIL import Image
 
     thumbs = {}
-    for scene, rows in answers.groupby("scene", observed=True, sort=False):
+    for key, rows in answers.groupby(per, observed=True, sort=False):
         for name in rows["stimulus"].astype("string").unique():
             path = Path(str(name))
             if not path.is_absolute() and root is not None:
@@ -267,7 +283,7 @@ def stimulus_thumbnails(answers: pd.DataFrame, *, root: Path | None = None, widt
             if path.is_file():
                 try:
                     with Image.open(path) as image:
-                        thumbs[str(scene)] = np.asarray(image.convert("RGB").resize((width, width // 2)))
+                        thumbs[str(key)] = np.asarray(image.convert("RGB").resize((width, width // 2)))
                     break
                 except OSError:
                     continue
@@ -509,6 +525,127 @@ def _section_head_motion(a: Analysis, figures: Mapping[str, bytes]) -> str:
     return "".join(parts)
 
 
+def _stimulus_name(path: str) -> str:
+    """A stimulus as its scene folder and file name."""
+    parts = str(path).replace("\\", "/").split("/")
+    return "/".join(parts[-2:])
+
+
+def _section_gaze(a: Analysis, figures: Mapping[str, bytes]) -> str:
+    e = html.escape
+    parts = ["<h2>Eye gaze</h2>"]
+    g = a.gaze
+    if g is None:
+        return parts[0] + f"<p class='note'>{e(NO_GAZE_NOTE)[0].upper() + e(NO_GAZE_NOTE)[1:]}.</p>"
+    parts.append(f"<p>{g.samples} gaze samples of {g.participants} participants in the test trials; {len(g.fixations)} "
+                 "fixations found with I-VT (120°/s, at least 80 ms; Salient360! defaults), losses up to 75 ms bridged. "
+                 "Directions are in each stimulus's frame (yaw 0° = image centre).</p>")
+    if g.notes:
+        parts.append("<ul class='note'>" + "".join(f"<li>{e(n)}</li>" for n in g.notes) + "</ul>")
+    return "".join(parts)
+
+
+def _section_validation(a: Analysis, figures: Mapping[str, bytes]) -> str:
+    g = a.gaze
+    if g is None:
+        return ""
+    parts = ["<h3>Eye-tracker validation</h3>"]
+    if g.validation.empty:
+        return parts[0] + "<p class='note'>No validation was recorded (the protocol has no [validation] step).</p>"
+    table = g.validation
+    final = table["accuracy_deg"].astype(float)
+    protocol = a.context.protocol
+    spec = getattr(protocol, "validation", None)
+    what = (f"{len(spec.targets)} targets, {spec.target_s:g} s each, the first {spec.discard_s:g} s of each left out"
+            if spec is not None else "the protocol's targets")
+    threshold = "" if spec is None or spec.threshold_deg is None else f" Threshold {spec.threshold_deg:g}°."
+    parts.append(f"<p>Per participant and session, the final attempt ({what}): accuracy = mean angular error to the "
+                 "target, precision = RMS of sample-to-sample angles and SD around the samples' mean, data loss = "
+                 f"share of invalid samples.{threshold} Over participants: accuracy {final.mean():.2f}° (SD "
+                 f"{final.std(ddof=1) if len(final) > 1 else float('nan'):.2f}°, range {final.min():.2f}–{final.max():.2f}°); "
+                 f"{int(table['recalibrate'].astype(bool).sum())} final attempts above the threshold; "
+                 f"{int((table['attempts'] > 1).sum())} sessions repeated the validation.</p>")
+    parts.append(_frame_html(table, 2))
+    if len(g.validation_targets):
+        parts.append("<p>Mean accuracy per target over the final attempts (accuracy usually degrades away from the "
+                     "centre):</p>" + _frame_html(g.validation_targets, 2))
+    return "".join(parts)
+
+
+def _section_saliency(a: Analysis, figures: Mapping[str, bytes]) -> str:
+    g = a.gaze
+    if g is None:
+        return ""
+    parts = ["<h3>Saliency maps</h3>",
+             _figure(figures["saliency"], "gaze saliency maps per stimulus",
+                     "Where participants fixated, per stimulus: a Gaussian of angular distance (σ = 2°) around every "
+                     "fixation, normalised to a density on the sphere, over the stimulus. Colour: per cent of the map "
+                     "per square degree."),
+             "<h3>Head against eye gaze, per scene</h3>",
+             _figure(figures["head_vs_gaze"], "head-only and gaze maps per scene",
+                     "Left: head-only map of the same trials (viewport centre, 100 ms centroids, σ = 3.34°); right: the "
+                     "gaze map (fixations, σ = 2°).")]
+    if len(g.head_vs_gaze):
+        parts.append("<p>How well the head-only map predicts the gaze: the head map scored against the gaze map (KLD, "
+                     "CC, SIM; each pixel weighted by its solid angle) and the gaze fixations (NSS, AUC-Judd).</p>"
+                     + _frame_html(g.head_vs_gaze))
+    if len(g.consistency):
+        parts.append("<h3>Inter-observer consistency</h3><p>Split-half CC between the gaze maps of two random halves "
+                     "of the participants (100 splits), with a 95 % jackknife CI over participants; the last row is "
+                     "the mean over stimuli.</p>"
+                     + _frame_html(g.consistency.assign(stimulus=g.consistency["stimulus"].map(_stimulus_name))))
+    return "".join(parts)
+
+
+def _section_mask_dwell(a: Analysis, figures: Mapping[str, bytes]) -> str:
+    g = a.gaze
+    if g is None:
+        return ""
+    parts = ["<h3>Gaze on the masked objects</h3>"]
+    if g.dwell is None:
+        return parts[0] + "<p class='note'>No mask-dwell table: see the notes above.</p>"
+    parts.append("<p>Each object's stage-1 mask, projected onto the equirect with the generator's own front-face "
+                 "projection. Per object and scene: the share of the valid viewing time the gaze spent on it (dwell), "
+                 "the share of fixations on it, and the time to the first fixation on it (TTFF; trials with none left "
+                 "out), each the mean over participants of their trial means with a Student-t 95 % CI (with few "
+                 "participants such an interval may reach below 0). Chance is the object's share of the sphere's "
+                 "solid angle: where a viewer looking everywhere alike would dwell; × chance is the dwell share over "
+                 "it. <code>mask_dwell.csv</code> has every number.</p>")
+    parts.append(_frame_html(_dwell_shown(g.dwell[g.dwell["level"] == "scene"]), text=True))
+    stimulus = g.dwell[g.dwell["level"] == "stimulus"]
+    parts.append("<details><summary>Per stimulus</summary>"
+                 + _frame_html(_dwell_shown(stimulus.assign(scene=stimulus["stimulus"].map(_stimulus_name))), text=True)
+                 + "</details>")
+    return "".join(parts)
+
+
+def _dwell_shown(rows: pd.DataFrame) -> pd.DataFrame:
+    """The mask-dwell rows as the page shows them: each measure with its CI in one cell."""
+    def with_ci(name: str, prefix: str, digits: int) -> pd.Series:
+        return rows.apply(lambda r: "n/a" if pd.isna(r[name]) else
+                          f"{r[name]:.{digits}f} [{r[f'{prefix}_ci_low']:.{digits}f}, {r[f'{prefix}_ci_high']:.{digits}f}]"
+                          if pd.notna(r[f"{prefix}_ci_low"]) else f"{r[name]:.{digits}f}", axis=1)
+
+    return pd.DataFrame({
+        "scene / stimulus": rows["scene"], "object": rows["object"], "chance": rows["chance_share"].map("{:.3f}".format),
+        "dwell share [95 % CI]": with_ci("dwell_share", "dwell", 3),
+        "× chance": (rows["dwell_share"] / rows["chance_share"]).map("{:.1f}".format),
+        "fixation share [95 % CI]": with_ci("fixation_share", "fixation", 3),
+        "TTFF s [95 % CI]": with_ci("ttff_s", "ttff", 1),
+        "trials with a fixation on it": rows["fixated_trials"].map("{:.0%}".format),
+        "N": rows["n_participants"],
+    })
+
+
+def _section_scanpaths(a: Analysis, figures: Mapping[str, bytes]) -> str:
+    if a.gaze is None:
+        return ""
+    return "<h3>Scanpaths</h3>" + _figure(
+        figures["scanpaths"], "scanpaths",
+        "The first 8 s of three participants' fixations per stimulus, numbered in order; marker area grows with the "
+        "fixation's duration.")
+
+
 def _section_items(a: Analysis, figures: Mapping[str, bytes]) -> str:
     return "<h2>MOS per scene and item</h2>" + _frame_html(a.summaries["item"])
 
@@ -540,7 +677,8 @@ def _section_appendix(a: Analysis, figures: Mapping[str, bytes]) -> str:
 SECTIONS: tuple[Callable[[Analysis, Mapping[str, bytes]], str], ...] = (
     _section_banner, _section_header, _section_warnings, _section_table1, _section_screening, _section_distributions,
     _section_scene_effect, _section_sos, _section_sensitivity, _section_reliability, _section_ssq, _section_sample,
-    _section_head_motion, _section_items, _section_appendix,
+    _section_head_motion, _section_gaze, _section_validation, _section_saliency, _section_mask_dwell,
+    _section_scanpaths, _section_items, _section_appendix,
 )
 
 
@@ -555,9 +693,11 @@ def render_html(analysis: Analysis, figures: Mapping[str, bytes], *, title: str 
     return "\n".join(p for p in parts if p)
 
 
-def _figures(analysis: Analysis, thumbnails: Mapping[str, np.ndarray] | None) -> dict[str, bytes]:
+def _figures(analysis: Analysis, thumbnails: Mapping[str, np.ndarray] | None,
+             stimulus_images: Mapping[str, np.ndarray] | None = None) -> dict[str, bytes]:
     from analysis.figures import (
-        bias_figure, distribution_figure, figure_png, heatmap_figure, mos_figure, sos_figure, ssq_figure,
+        bias_figure, distribution_figure, figure_png, head_gaze_figure, heatmap_figure, mos_figure, saliency_figure,
+        scanpath_figure, sos_figure, ssq_figure,
     )
 
     scale_range = (float(analysis.answers["scale_min"].min()), float(analysis.answers["scale_max"].max()))
@@ -570,6 +710,11 @@ def _figures(analysis: Analysis, thumbnails: Mapping[str, np.ndarray] | None) ->
     }
     if analysis.ssq_scores is not None:
         figs["ssq"] = ssq_figure(analysis.ssq_scores)
+    if analysis.gaze is not None:
+        names = {s: _stimulus_name(s) for s in analysis.gaze.stimulus_maps}
+        figs["saliency"] = saliency_figure(analysis.gaze.stimulus_maps, stimulus_images, names)
+        figs["head_vs_gaze"] = head_gaze_figure(analysis.gaze.scene_maps, thumbnails)
+        figs["scanpaths"] = scanpath_figure(analysis.gaze.fixations, stimulus_images, names)
     stamp = "\n".join(b.split(":")[0] for b in analysis.banners)
     return {name: figure_png(fig, stamp=stamp) for name, fig in figs.items()}
 
@@ -586,9 +731,11 @@ def _banner_lines(analysis: Analysis, prefix: str, suffix: str = "") -> str:
 
 
 def write_report(analysis: Analysis, out: str | Path, *, thumbnails: Mapping[str, np.ndarray] | None = None,
+                 stimulus_images: Mapping[str, np.ndarray] | None = None,
                  progress: Progress | None = None) -> dict[str, Path]:
     """Writes ``report.html``, ``datasheet.md``, Table 1 as CSV/Markdown/LaTeX, the other tables as CSV and the
-    figures as PNG.
+    figures as PNG. ``thumbnails`` are one stimulus per scene (the heat maps), ``stimulus_images`` every stimulus
+    (the saliency maps and scanpaths), both from :func:`stimulus_thumbnails`.
 
     Everything is written into a temporary folder next to ``out`` (its parents are created) and moved into
     place at the end, so a failed run leaves either the previous report or none, never half of one. An existing
@@ -608,7 +755,7 @@ def write_report(analysis: Analysis, out: str | Path, *, thumbnails: Mapping[str
     try:
         # mkdtemp makes the folder private (0700), as a report of participant data should be.
         _step(progress, "figures")
-        figures = _figures(analysis, thumbnails)
+        figures = _figures(analysis, thumbnails, stimulus_images)
         (tmp / "figures").mkdir()
         for name, png in figures.items():
             (tmp / "figures" / f"{name}.png").write_bytes(png)
@@ -633,6 +780,13 @@ def write_report(analysis: Analysis, out: str | Path, *, thumbnails: Mapping[str
         if analysis.ssq_scores is not None:
             tables["ssq_scores.csv"] = analysis.ssq_scores
             tables["ssq_test.csv"] = analysis.ssq_test
+        if analysis.gaze is not None:
+            tables["gaze_fixations.csv"] = analysis.gaze.fixations
+            tables["gaze_validation.csv"] = analysis.gaze.validation
+            tables["head_vs_gaze.csv"] = analysis.gaze.head_vs_gaze
+            tables["inter_observer_consistency.csv"] = analysis.gaze.consistency
+            if analysis.gaze.dwell is not None:
+                tables["mask_dwell.csv"] = analysis.gaze.dwell
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
         for name, frame in tables.items():

@@ -3,8 +3,10 @@
 1. Generate one scene set per scene of ``data/scenes/`` (stage 1 + stage 2), with the offline tiny model unless a
    real one is given.
 2. Create a fresh study from ``protocols/dong2025.toml`` and import the set through its manifest.
-3. Run simulated participants through the real session engine and the headless viewer: scripted head motion
-   (stored as pose samples) and a seeded rater model whose true scene quality is the paper's Table 1.
+3. Run simulated participants through the real session engine and the headless viewer: a synthetic eye tracker
+   whose eye is drawn towards each stimulus's first masked object (the scene's subject), the head following the
+   eye (stored as gaze and pose samples, after the protocol's eye-tracker validation), and a seeded rater model
+   whose true scene quality is the paper's Table 1.
 4. Analyse the study (Table 1 with CIs, screening, mixed models, reliability, SSQ) into an HTML report.
 
 Every stage writes into one output folder; nothing outside it is touched.
@@ -175,12 +177,14 @@ def run_participants(db, settings: DemoSettings, progress: Progress | None = Non
     """Enrols and runs every simulated participant through the engine and the headless viewer."""
     from study.driver import RaterModel, ScriptedDriver
     from study.engine import SessionEngine
+    from panostudy.gaze_targets import synthetic_gaze, target_regions
     from study.store import add_participant
     from viewer.backends.headless import HeadlessBackend
     from viewer.session_runner import run_session
 
     raters = RaterModel(settings.seed, scene_quality=PAPER_TABLE1)
     codes = participant_codes(settings.participants)
+    regions = target_regions(db)
     if progress is not None:
         progress("", 0, len(codes))
     for done, code in enumerate(codes, start=1):
@@ -188,7 +192,8 @@ def run_participants(db, settings: DemoSettings, progress: Progress | None = Non
         engine = SessionEngine.start(db, code)
         engine.record_event("answers_source", {"source": "simulated", "seed": settings.seed})
         driver = ScriptedDriver(raters, motion_seed=settings.seed)
-        backend = HeadlessBackend(settings.eye_size, settings.eye_size)
+        backend = HeadlessBackend(settings.eye_size, settings.eye_size,
+                                  gaze=synthetic_gaze(settings.seed, code, regions))
         summary = run_session(engine, backend, driver=driver, frame_hz=settings.frame_hz)
         if not summary.completed:
             raise PanostudyError(f"participant {code}: the simulated session stopped before its end")

@@ -310,6 +310,9 @@ class ScriptedDriver:
                 time.sleep(self.pace_s)
             value, duration_s = self.response(engine.participant_code, step)
             shown_at, clock = clock, clock + timedelta(seconds=duration_s)
+            if step.kind == "validation":
+                # no viewer, so no eye tracker: the step passes, and the session says why it has no validation
+                engine.record_event("validation_skipped", {"reason": "no viewer and no eye tracker (--backend none)"})
             if step.kind == "stimulus":
                 engine.record_poses(
                     step.trial_index,

@@ -1,6 +1,7 @@
 """The session state machine: what to show next, and the answers that move a session on.
 
-A session runs consent (where the protocol asks for it) → instructions → SSQ before → training trials →
+A session runs consent (where the protocol asks for it) → instructions → SSQ before → the eye-tracker
+validation (where the protocol has one) → training trials →
 test trials (each: the stimulus, then every item of every scale in the participant's scale order) with
 breaks → SSQ after → done (the thank-you text). A participant may have several sessions (the protocol's
 ``[[sessions]]``); each is planned and stored when it starts. The engine knows nothing about rendering;
@@ -23,13 +24,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import pandas as pd
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from study.errors import SessionError
+from study.gaze_validation import ValidationResult, validation_metrics
 from study.models import (
     Answer,
     Event,
+    GazeSample,
     Participant,
     PoseSample,
     SsqAnswer,
@@ -37,13 +42,16 @@ from study.models import (
     Stimulus,
     StudySession,
     Trial,
+    ValidationRun,
+    ValidationSample,
+    ValidationTarget,
     utc_now,
 )
 from study.planner import StimulusRef, assign_sessions, plan_session
 from study.protocol import Protocol, SessionSpec
 from study.store import StudyDB, check_station, get_participant, retry_conflicts
 
-StepKind = Literal["consent", "instructions", "ssq", "stimulus", "rating", "break", "done"]
+StepKind = Literal["consent", "instructions", "ssq", "validation", "stimulus", "rating", "break", "done"]
 
 #: Values of the consent step: the participant agrees, or declines (which ends the session).
 AGREE, DECLINE = 1, 0
@@ -85,6 +93,20 @@ class PoseRecord:
     fov_v_deg: float | None = None
     position: tuple[float, float, float] | None = None
     runtime_time_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class GazeRecord:
+    """One eye-gaze sample as :meth:`SessionEngine.record_gaze` stores it: seconds since the stimulus (or the
+    validation target) appeared at the tracker's own sample time, the direction in the stimulus (or
+    validation) frame, None where the sample is invalid, and the runtime's time stamp where there is one."""
+
+    t: float
+    yaw_deg: float | None
+    pitch_deg: float | None
+    valid: bool
+    runtime_time_ns: int | None = None
+    target: int | None = None    # validation samples: which target was shown
 
 
 @dataclass(frozen=True)
@@ -303,8 +325,8 @@ class SessionEngine:
                station: str | None = None) -> SessionEngine:
         """Reopens the participant's open session at its first unfinished step, e.g. after a crash or a stop.
 
-        Pose samples of a stimulus whose exposure ended but was not recorded (a crash between the two)
-        are discarded, because the stimulus is shown again from the start; samples of an exposure that was
+        Pose and gaze samples of a stimulus whose exposure ended but was not recorded (a crash between the
+        two) are discarded, because the stimulus is shown again from the start; samples of an exposure that was
         interrupted (pause, stop) are kept, flagged as interrupted.
 
         Raises
@@ -322,15 +344,20 @@ class SessionEngine:
             raise SessionError(f"session {engine.number} of participant {participant_code!r} {what}; {hint}")
         step = engine.current()
         with db.Session.begin() as session:
-            discarded = 0
+            discarded = discarded_gaze = 0
             if step.kind == "stimulus":
                 trial_id = engine._trial_by_index[step.trial_index].id
                 discarded = session.execute(
                     sa.delete(PoseSample).where(PoseSample.session_id == engine.session_id, PoseSample.trial_id == trial_id,
                                                 PoseSample.interrupted.is_(False))
                 ).rowcount
+                discarded_gaze = session.execute(
+                    sa.delete(GazeSample).where(GazeSample.session_id == engine.session_id, GazeSample.trial_id == trial_id,
+                                                GazeSample.interrupted.is_(False))
+                ).rowcount
             session.add(Event(session_id=engine.session_id, kind="resumed",
-                              detail={"at_step": step.key, "discarded_poses": discarded, "station": station}))
+                              detail={"at_step": step.key, "discarded_poses": discarded,
+                                      "discarded_gaze": discarded_gaze, "station": station}))
         return engine
 
     def _load_done(self) -> dict[str, _Done]:
@@ -355,6 +382,8 @@ class SessionEngine:
         yield Step("instructions", "instructions", text=protocol.instructions)
         if protocol.ssq.before and self.spec.ssq:
             yield from self._fixed_ssq_steps["pre"]
+        if protocol.validation is not None:
+            yield Step("validation", "validation", text=protocol.validation.instructions)
         training = [t for t in self.trials if t.training]
         if training:
             yield Step("instructions", "training/instructions", text=protocol.training.instructions)
@@ -634,6 +663,78 @@ class SessionEngine:
             with self.db.Session.begin() as session:
                 session.execute(sa.insert(PoseSample), rows)
 
+    def record_gaze(self, trial_index: int, samples: Sequence[GazeRecord], *, presentation: int = 0,
+                    interrupted: bool = False) -> None:
+        """Stores the eye-gaze samples of one showing of a trial's stimulus in one batch (see :meth:`record_poses`).
+
+        Raises
+        ------
+        SessionError
+            If the trial does not exist, or a sample's time or direction is not finite (a valid sample needs
+            both angles, within ±180° yaw and ±90° pitch).
+        """
+        trial = self._trial_by_index.get(trial_index)
+        if trial is None:
+            raise SessionError(f"trial_index {trial_index} is not a trial of this session (0..{len(self.trials) - 1})")
+        rows = [dict(session_id=self.session_id, trial_id=trial.id, presentation=presentation, interrupted=interrupted,
+                     **_gaze_row(sample)) for sample in samples]
+        if rows:
+            with self.db.Session.begin() as session:
+                session.execute(sa.insert(GazeSample), rows)
+
+    def next_validation_attempt(self) -> int:
+        """The number of the session's next validation attempt (1 for the first)."""
+        with self.db.Session() as session:
+            last = session.scalar(sa.select(sa.func.max(ValidationRun.attempt)).where(
+                ValidationRun.session_id == self.session_id))
+        return 1 if last is None else last + 1
+
+    def record_validation(self, attempt: int, samples: Sequence[GazeRecord], *, gaze_source: str,
+                          started_at: datetime, ended_at: datetime) -> ValidationResult:
+        """Measures one validation attempt against the protocol's targets and stores it with its samples.
+
+        Accuracy, precision and data loss per target and overall come from
+        :func:`study.gaze_validation.validation_metrics`; the attempt says ``recalibrate`` when the protocol's
+        ``threshold_deg`` is exceeded. Run, targets and samples are one transaction.
+
+        Raises
+        ------
+        SessionError
+            If the protocol has no validation step, a sample names no target of it, or its numbers are not finite.
+        """
+        spec = self.protocol.validation
+        if spec is None:
+            raise SessionError("the protocol has no [validation] step; add one to validate the eye tracker")
+        _require_aware("started_at", started_at)
+        _require_aware("ended_at", ended_at)
+        rows = []
+        for sample in samples:
+            if sample.target is None or not 0 <= sample.target < len(spec.targets):
+                raise SessionError(f"validation sample {sample!r}: target must be 0..{len(spec.targets) - 1}")
+            rows.append(dict(target=sample.target, **_gaze_row(sample)))
+        frame = pd.DataFrame({"target": [r["target"] for r in rows], "t": [r["t"] for r in rows],
+                              "yaw_deg": [np.nan if r["yaw_deg"] is None else r["yaw_deg"] for r in rows],
+                              "pitch_deg": [np.nan if r["pitch_deg"] is None else r["pitch_deg"] for r in rows],
+                              "valid": [r["valid"] for r in rows]})
+        result = validation_metrics(frame, spec.targets, discard_s=spec.discard_s)
+        recalibrate = spec.threshold_deg is not None and result.needs_recalibration(spec.threshold_deg)
+        with self.db.Session.begin() as session:
+            run = ValidationRun(session_id=self.session_id, attempt=attempt, gaze_source=gaze_source,
+                                target_s=spec.target_s, discard_s=spec.discard_s, threshold_deg=spec.threshold_deg,
+                                recalibrate=recalibrate, started_at=started_at, ended_at=ended_at,
+                                **{k: _finite(v) for k, v in result.overall().items()})
+            session.add(run)
+            session.flush()
+            session.execute(sa.insert(ValidationTarget), [
+                dict(run_id=run.id, target=int(r.target), yaw_deg=float(r.target_yaw_deg), pitch_deg=float(r.target_pitch_deg),
+                     n_samples=int(r.n_samples), n_valid=int(r.n_valid), accuracy_deg=_finite(r.accuracy_deg),
+                     precision_rms_s2s_deg=_finite(r.precision_rms_s2s_deg), precision_sd_deg=_finite(r.precision_sd_deg),
+                     data_loss_pct=_finite(r.data_loss_pct))
+                for r in result.per_target.itertuples()])
+            if rows:
+                session.execute(sa.insert(ValidationSample), [dict(run_id=run.id, **row) for row in rows])
+        return result
+
     def next_presentation(self, trial_index: int) -> int:
         """The number of the next showing of a trial's stimulus: how many showings were interrupted before."""
         trial = self._trial_by_index[trial_index]
@@ -687,6 +788,29 @@ class SessionEngine:
             session.add(Event(session_id=self.session_id, kind="withdrawn", detail={"reason": reason, "at_step": self.current().key}))
         self.status = "withdrawn"
 
+
+
+def _finite(value) -> float | None:
+    """A measure as stored: None where it could not be measured (NaN)."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _gaze_row(sample: GazeRecord) -> dict:
+    """The stored columns of one gaze sample, checked."""
+    stamp = sample.runtime_time_ns
+    if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, numbers.Integral)):
+        raise SessionError(f"gaze sample {sample!r}: the runtime time stamp must be an integer (ns) or None")
+    if not (isinstance(sample.t, (int, float)) and math.isfinite(sample.t)):
+        raise SessionError(f"gaze sample {sample!r}: its time must be a finite number of seconds")
+    valid = bool(sample.valid)
+    yaw, pitch = (sample.yaw_deg, sample.pitch_deg) if valid else (None, None)
+    if valid and not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (yaw, pitch)):
+        raise SessionError(f"gaze sample {sample!r}: a valid sample needs a finite yaw and pitch")
+    if valid and not (-180.0 <= yaw <= 180.0 and -90.0 <= pitch <= 90.0):
+        raise SessionError(f"gaze sample {sample!r}: yaw must lie in ±180° and pitch in ±90°")
+    return dict(t=float(sample.t), yaw_deg=None if yaw is None else float(yaw),
+                pitch_deg=None if pitch is None else float(pitch), valid=valid,
+                runtime_time_ns=None if stamp is None else int(stamp))
 
 
 def _refuse_if_over(participant_code: str, rows) -> None:

@@ -1,6 +1,7 @@
 """Study data in long format, as the analysis reads it, and the export package that R, Python and SPSS users load.
 
-One row per answer, SSQ item, pose sample or flagged trial; one row per participant, session and stimulus.
+One row per answer, SSQ item, pose or gaze sample, validation target or flagged trial; one row per participant,
+session and stimulus.
 Training answers are included with ``training=True``; the analysis excludes them. Every row names its session
 both by database id (``session``) and by the participant's session number with the station it ran on
 (``session_number``, ``station``). Times are tz-aware UTC pandas datetimes.
@@ -29,7 +30,21 @@ import pandas as pd
 import sqlalchemy as sa
 
 from study.errors import PanostudyError
-from study.models import Answer, Event, Participant, PoseSample, SsqAnswer, Stimulus, Study, StudySession, Trial
+from study.models import (
+    Answer,
+    Event,
+    GazeSample,
+    Participant,
+    PoseSample,
+    SsqAnswer,
+    Stimulus,
+    Study,
+    StudySession,
+    Trial,
+    ValidationRun,
+    ValidationSample,
+    ValidationTarget,
+)
 from study.outputs import check_output_file, write_all
 from study.protocol import Protocol
 from study.store import StudyDB, open_study
@@ -79,6 +94,56 @@ POSE_COLUMNS = {
     "z_m": "float64",
     "runtime_time_ns": "Int64",   # the tracker's own time stamp (OpenXR XrTime), empty where there is none
 }
+GAZE_COLUMNS = {
+    "participant": "string",
+    "session": "int64",
+    "session_number": "int64",
+    "station": "string",
+    "trial_index": "int64",
+    "stimulus": "string",
+    "scene": "string",
+    "t": "float64",
+    "yaw_deg": "float64",
+    "pitch_deg": "float64",
+    "valid": "bool",
+    "presentation": "int64",
+    "interrupted": "bool",
+    "runtime_time_ns": "Int64",
+}
+VALIDATION_COLUMNS = {
+    "participant": "string",
+    "session": "int64",
+    "session_number": "int64",
+    "station": "string",
+    "attempt": "int64",
+    "level": "string",
+    "target": "Int64",
+    "target_yaw_deg": "float64",
+    "target_pitch_deg": "float64",
+    "n_samples": "int64",
+    "n_valid": "int64",
+    "accuracy_deg": "float64",
+    "precision_rms_s2s_deg": "float64",
+    "precision_sd_deg": "float64",
+    "data_loss_pct": "float64",
+    "threshold_deg": "float64",
+    "recalibrate": "bool",
+    "gaze_source": "string",
+    "validated_at": "datetime64[ns, UTC]",
+}
+VALIDATION_SAMPLE_COLUMNS = {
+    "participant": "string",
+    "session": "int64",
+    "session_number": "int64",
+    "station": "string",
+    "attempt": "int64",
+    "target": "int64",
+    "t": "float64",
+    "yaw_deg": "float64",
+    "pitch_deg": "float64",
+    "valid": "bool",
+    "runtime_time_ns": "Int64",
+}
 FLAG_COLUMNS = {
     "participant": "string",
     "session_number": "int64",
@@ -104,7 +169,8 @@ STIMULUS_COLUMNS = {
 }
 #: The tables of an export, by file stem, with their columns.
 TABLES = {"answers": ANSWER_COLUMNS, "participants": PARTICIPANT_COLUMNS, "sessions": SESSION_COLUMNS,
-          "stimuli": STIMULUS_COLUMNS, "ssq": SSQ_COLUMNS, "poses": POSE_COLUMNS, "flagged_trials": FLAG_COLUMNS}
+          "stimuli": STIMULUS_COLUMNS, "ssq": SSQ_COLUMNS, "poses": POSE_COLUMNS, "flagged_trials": FLAG_COLUMNS,
+          "gaze": GAZE_COLUMNS, "validation": VALIDATION_COLUMNS, "validation_samples": VALIDATION_SAMPLE_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -129,6 +195,10 @@ _STATION = Field("string", "the station (machine) the session started on: --stat
 _STIMULUS = Field("string", "stimulus file, relative to the export's stimulus root (datapackage.json "
                             "'panostudy:stimulus_root')")
 _TRIAL = Field("integer", "position of the trial in the session's planned order, from 0 (training first)", minimum=0)
+_PRESENTATION = Field("integer", "which showing of the trial's stimulus, from 0; a pause or stop interrupts a showing "
+                                 "and the stimulus is shown again from its start", minimum=0)
+_INTERRUPTED = Field("boolean", "sample of an interrupted showing (kept, but not the trial's complete exposure; the "
+                                "analysis leaves these rows out)")
 #: table -> column -> :class:`Field`. Add an entry here with every new exported column.
 CODEBOOK: dict[str, dict[str, Field]] = {
     "answers": {
@@ -217,10 +287,8 @@ CODEBOOK: dict[str, dict[str, Field]] = {
         "yaw_deg": Field("number", "head yaw; 0 = image centre, positive = right", "degree", minimum=-180, maximum=180),
         "pitch_deg": Field("number", "head pitch; positive = up", "degree", minimum=-90, maximum=90),
         "roll_deg": Field("number", "head roll", "degree"),
-        "presentation": Field("integer", "which showing of the trial's stimulus, from 0; a pause or stop interrupts a "
-                                         "showing and the stimulus is shown again from its start", minimum=0),
-        "interrupted": Field("boolean", "sample of an interrupted showing (kept, but not the trial's complete "
-                                        "exposure; the analysis leaves these rows out)"),
+        "presentation": _PRESENTATION,
+        "interrupted": _INTERRUPTED,
         "fov_h_deg": Field("number", "horizontal field of view shown (desktop window; empty in a headset)", "degree",
                            minimum=0, maximum=180),
         "fov_v_deg": Field("number", "vertical field of view shown (desktop window; empty in a headset)", "degree",
@@ -230,6 +298,70 @@ CODEBOOK: dict[str, dict[str, Field]] = {
         "z_m": Field("number", "head position in the tracking space, z", "m"),
         "runtime_time_ns": Field("integer", "the tracker's own time stamp of the pose (OpenXR XrTime); empty where "
                                             "the backend has no runtime clock", "ns"),
+    },
+    "gaze": {
+        "participant": _PARTICIPANT,
+        "session": _SESSION,
+        "session_number": _SESSION_NUMBER,
+        "station": _STATION,
+        "trial_index": _TRIAL,
+        "stimulus": _STIMULUS,
+        "scene": Field("string", "scene of the stimulus"),
+        "t": Field("number", "time since the stimulus appeared, at the eye tracker's own sample time", "s", minimum=0),
+        "yaw_deg": Field("number", "gaze yaw in the stimulus frame; 0 = image centre, positive = right (empty: invalid "
+                                   "sample)", "degree", minimum=-180, maximum=180),
+        "pitch_deg": Field("number", "gaze pitch in the stimulus frame; positive = up (empty: invalid sample)", "degree",
+                           minimum=-90, maximum=90),
+        "valid": Field("boolean", "the tracker had the eyes (OpenXR isActive and a valid orientation); false: a blink "
+                                  "or a lost eye, without a direction"),
+        "presentation": _PRESENTATION,
+        "interrupted": _INTERRUPTED,
+        "runtime_time_ns": Field("integer", "the tracker's own sample time (OpenXR XrEyeGazeSampleTimeEXT); empty "
+                                            "where there is no runtime clock (synthetic tracker)", "ns"),
+    },
+    "validation": {
+        "participant": _PARTICIPANT,
+        "session": _SESSION,
+        "session_number": _SESSION_NUMBER,
+        "station": _STATION,
+        "attempt": Field("integer", "which validation of the session, from 1 (a repeat after 'recalibrate' is the next)",
+                         minimum=1),
+        "level": Field("string", "overall: the attempt's measures (means over targets, data loss pooled); target: one "
+                                 "target's", allowed=("overall", "target")),
+        "target": Field("integer", "the target's position in the protocol's validation.targets, from 0 (empty: overall)",
+                        minimum=0),
+        "target_yaw_deg": Field("number", "the target's yaw from straight ahead when the validation began", "degree",
+                                minimum=-90, maximum=90),
+        "target_pitch_deg": Field("number", "the target's pitch", "degree", minimum=-90, maximum=90),
+        "n_samples": Field("integer", "gaze samples measured (after the discarded start of each target)", minimum=0),
+        "n_valid": Field("integer", "of them valid", minimum=0),
+        "accuracy_deg": Field("number", "mean angular error between gaze and target (empty: no valid sample)", "degree",
+                              minimum=0),
+        "precision_rms_s2s_deg": Field("number", "precision: RMS of the angles between successive valid samples",
+                                       "degree", minimum=0),
+        "precision_sd_deg": Field("number", "precision: SD of the samples' angles around their mean direction", "degree",
+                                  minimum=0),
+        "data_loss_pct": Field("number", "share of invalid samples", "%", minimum=0, maximum=100),
+        "threshold_deg": Field("number", "the protocol's validation.threshold_deg (empty: none)", "degree", minimum=0),
+        "recalibrate": Field("boolean", "the attempt's accuracy was worse than the threshold: the console said "
+                                        "'recalibrate'"),
+        "gaze_source": Field("string", "the eye tracker: openxr (XR_EXT_eye_gaze_interaction) or synthetic (the "
+                                       "scripted tracker of tests and the demo)"),
+        "validated_at": Field("datetime", "when the attempt's last target ended", _UTC),
+    },
+    "validation_samples": {
+        "participant": _PARTICIPANT,
+        "session": _SESSION,
+        "session_number": _SESSION_NUMBER,
+        "station": _STATION,
+        "attempt": Field("integer", "the validation attempt (validation.csv)", minimum=1),
+        "target": Field("integer", "the target shown, from 0", minimum=0),
+        "t": Field("number", "time since the target appeared, at the tracker's sample time", "s", minimum=0),
+        "yaw_deg": Field("number", "gaze yaw from straight ahead when the validation began (empty: invalid)", "degree",
+                         minimum=-180, maximum=180),
+        "pitch_deg": Field("number", "gaze pitch (empty: invalid)", "degree", minimum=-90, maximum=90),
+        "valid": Field("boolean", "the tracker had the eyes"),
+        "runtime_time_ns": Field("integer", "the tracker's own sample time (OpenXR XrEyeGazeSampleTimeEXT)", "ns"),
     },
     "flagged_trials": {
         "participant": _PARTICIPANT,
@@ -250,10 +382,14 @@ TABLE_DESCRIPTIONS = {
     "ssq": "one row per Simulator Sickness Questionnaire item answered",
     "poses": "one row per head-orientation sample while a stimulus was shown",
     "flagged_trials": "one row per flag the session set on a trial (pose rate too low, stimulus interrupted)",
+    "gaze": "one row per eye-gaze sample while a stimulus was shown (empty: no eye tracker)",
+    "validation": "one row per eye-tracker validation attempt (overall) and per target of it",
+    "validation_samples": "one row per gaze sample of a validation attempt",
 }
 EXPORT_MARKER = "datapackage.json"
-#: Tables that fit a spreadsheet or an SPSS file; poses may have millions of rows and stay CSV/Parquet only.
-SMALL_TABLES = ("answers", "participants", "sessions", "stimuli", "ssq", "flagged_trials")
+#: Tables that fit a spreadsheet or an SPSS file; pose and gaze samples may have millions of rows and stay
+#: CSV/Parquet only.
+SMALL_TABLES = ("answers", "participants", "sessions", "stimuli", "ssq", "flagged_trials", "validation")
 
 
 def _typed(rows: list, columns: dict[str, str]) -> pd.DataFrame:
@@ -373,28 +509,103 @@ def load_poses(db_url: str | Path | StudyDB, *, stimulus_root: str | Path | None
     """
     root = None if stimulus_root is None else Path(stimulus_root)
     with _opened(db_url) as db:
-        query = (
-            sa.select(
-                Participant.code, StudySession.id, StudySession.number, StudySession.station, Trial.index, Stimulus.path,
-                Stimulus.scene, PoseSample.t, PoseSample.yaw_deg, PoseSample.pitch_deg, PoseSample.roll_deg,
-                PoseSample.presentation, PoseSample.interrupted, PoseSample.fov_h_deg, PoseSample.fov_v_deg,
-                PoseSample.x_m, PoseSample.y_m, PoseSample.z_m, PoseSample.runtime_time_ns,
-            )
-            .select_from(PoseSample)
-            .join(Trial, PoseSample.trial_id == Trial.id)
-            .join(Stimulus, Trial.stimulus_id == Stimulus.id)
-            .join(StudySession, PoseSample.session_id == StudySession.id)
-            .join(Participant, StudySession.participant_id == Participant.id)
-            .order_by(Participant.number, StudySession.number, Trial.index, PoseSample.presentation, PoseSample.t,
-                      PoseSample.id)
-        )
-        if not interrupted:
-            query = query.where(PoseSample.interrupted.is_(False))
+        query = _sample_query(PoseSample, interrupted).add_columns(
+            PoseSample.t, PoseSample.yaw_deg, PoseSample.pitch_deg, PoseSample.roll_deg, PoseSample.presentation,
+            PoseSample.interrupted, PoseSample.fov_h_deg, PoseSample.fov_v_deg, PoseSample.x_m, PoseSample.y_m,
+            PoseSample.z_m, PoseSample.runtime_time_ns)
         with db.Session() as session:
             rows = session.execute(query).all()
         if root is not None:
             rows = [(*r[:5], _relative(r[5], root), *r[6:]) for r in rows]
         return _typed(rows, POSE_COLUMNS)
+
+
+def _sample_query(model, interrupted: bool):
+    """Trial samples (poses or gaze) with their participant, session, trial and stimulus, in recording order."""
+    query = (
+        sa.select(Participant.code, StudySession.id, StudySession.number, StudySession.station, Trial.index,
+                  Stimulus.path, Stimulus.scene)
+        .select_from(model)
+        .join(Trial, model.trial_id == Trial.id)
+        .join(Stimulus, Trial.stimulus_id == Stimulus.id)
+        .join(StudySession, model.session_id == StudySession.id)
+        .join(Participant, StudySession.participant_id == Participant.id)
+        .order_by(Participant.number, StudySession.number, Trial.index, model.presentation, model.t, model.id)
+    )
+    return query if interrupted else query.where(model.interrupted.is_(False))
+
+
+def load_gaze(db_url: str | Path | StudyDB, *, stimulus_root: str | Path | None = None,
+              interrupted: bool = False) -> pd.DataFrame:
+    """Every eye-gaze sample of the trials (columns :data:`GAZE_COLUMNS`; ``t`` in seconds since the stimulus
+    was shown, at the tracker's sample times; the direction in the stimulus frame, empty where invalid).
+
+    ``stimulus_root`` and ``interrupted`` as for :func:`load_poses`; empty when no session had an eye tracker.
+    """
+    root = None if stimulus_root is None else Path(stimulus_root)
+    with _opened(db_url) as db:
+        query = _sample_query(GazeSample, interrupted).add_columns(
+            GazeSample.t, GazeSample.yaw_deg, GazeSample.pitch_deg, GazeSample.valid, GazeSample.presentation,
+            GazeSample.interrupted, GazeSample.runtime_time_ns)
+        with db.Session() as session:
+            rows = session.execute(query.where(Participant.study_id == db.study_id)).all()
+        if root is not None:
+            rows = [(*r[:5], _relative(r[5], root), *r[6:]) for r in rows]
+        return _typed(rows, GAZE_COLUMNS)
+
+
+def study_has_gaze(db_url: str | Path | StudyDB) -> bool:
+    """Whether any session of the study recorded eye gaze during a trial."""
+    with _opened(db_url) as db, db.Session() as session:
+        return session.scalar(
+            sa.select(GazeSample.id).join(StudySession, GazeSample.session_id == StudySession.id)
+            .join(Participant, StudySession.participant_id == Participant.id)
+            .where(Participant.study_id == db.study_id).limit(1)) is not None
+
+
+def load_validation(db_url: str | Path | StudyDB) -> pd.DataFrame:
+    """Every eye-tracker validation attempt (columns :data:`VALIDATION_COLUMNS`): an ``overall`` row, then one
+    row per target, attempt after attempt."""
+    with _opened(db_url) as db, db.Session() as session:
+        runs = session.execute(
+            sa.select(Participant.code, StudySession.id, StudySession.number, StudySession.station, ValidationRun)
+            .join(StudySession, ValidationRun.session_id == StudySession.id)
+            .join(Participant, StudySession.participant_id == Participant.id)
+            .where(Participant.study_id == db.study_id)
+            .order_by(Participant.number, StudySession.number, ValidationRun.attempt)
+        ).all()
+        targets: dict[int, list] = {}
+        for row in session.scalars(sa.select(ValidationTarget).where(
+                ValidationTarget.run_id.in_([run.id for *_, run in runs])).order_by(ValidationTarget.target)):
+            targets.setdefault(row.run_id, []).append(row)
+    rows = []
+    for code, session_id, number, station, run in runs:
+        mine = targets.get(run.id, [])
+        common = (code, session_id, number, station, run.attempt)
+        tail = (run.threshold_deg, run.recalibrate, run.gaze_source, run.ended_at)
+        rows.append((*common, "overall", None, None, None, sum(t.n_samples for t in mine), sum(t.n_valid for t in mine),
+                     run.accuracy_deg, run.precision_rms_s2s_deg, run.precision_sd_deg, run.data_loss_pct, *tail))
+        rows += [(*common, "target", t.target, t.yaw_deg, t.pitch_deg, t.n_samples, t.n_valid, t.accuracy_deg,
+                  t.precision_rms_s2s_deg, t.precision_sd_deg, t.data_loss_pct, *tail) for t in mine]
+    return _typed(rows, VALIDATION_COLUMNS)
+
+
+def load_validation_samples(db_url: str | Path | StudyDB) -> pd.DataFrame:
+    """Every gaze sample of every validation attempt (columns :data:`VALIDATION_SAMPLE_COLUMNS`)."""
+    with _opened(db_url) as db, db.Session() as session:
+        rows = session.execute(
+            sa.select(Participant.code, StudySession.id, StudySession.number, StudySession.station, ValidationRun.attempt,
+                      ValidationSample.target, ValidationSample.t, ValidationSample.yaw_deg, ValidationSample.pitch_deg,
+                      ValidationSample.valid, ValidationSample.runtime_time_ns)
+            .select_from(ValidationSample)
+            .join(ValidationRun, ValidationSample.run_id == ValidationRun.id)
+            .join(StudySession, ValidationRun.session_id == StudySession.id)
+            .join(Participant, StudySession.participant_id == Participant.id)
+            .where(Participant.study_id == db.study_id)
+            .order_by(Participant.number, StudySession.number, ValidationRun.attempt, ValidationSample.target,
+                      ValidationSample.t, ValidationSample.id)
+        ).all()
+    return _typed(rows, VALIDATION_SAMPLE_COLUMNS)
 
 
 def load_flagged_trials(db_url: str | Path | StudyDB) -> pd.DataFrame:
@@ -665,7 +876,8 @@ def datapackage_descriptor(tables: Mapping[str, pd.DataFrame], files: Mapping[st
         "profile": "tabular-data-package",
         "name": _package_name(protocol.name),
         "title": f"panostudy export of study {protocol.name} ({protocol.version})",
-        "description": "Ratings, participants, sessions, stimuli, SSQ, flagged trials and head poses; see codebook.md.",
+        "description": "Ratings, participants, sessions, stimuli, SSQ, flagged trials, head poses, eye gaze and "
+                       "eye-tracker validations; see codebook.md.",
         "panostudy:protocol_sha256": protocol.sha256,
         "panostudy:stimulus_root": stimulus_root,
         "resources": resources,
@@ -752,7 +964,8 @@ def _check_package_folder(out: Path) -> None:
 
 
 def export_study(db_url: str | Path | StudyDB, out_dir: str | Path, *, parquet: bool = False, spss: bool = False,
-                 xlsx: bool = False, poses: bool = True, stimulus_root: str | Path | None = None) -> dict[str, Path]:
+                 xlsx: bool = False, poses: bool = True, gaze: bool = True,
+                 stimulus_root: str | Path | None = None) -> dict[str, Path]:
     """Writes the whole export package into ``out_dir`` (created, with its parents, if missing).
 
     Parameters
@@ -766,6 +979,9 @@ def export_study(db_url: str | Path | StudyDB, out_dir: str | Path, *, parquet: 
         Also ``<table>.sav`` + ``ratings_wide.sav`` (pyreadstat) and ``export.xlsx`` (openpyxl).
     poses : bool
         Include the head-pose samples (CSV/Parquet only; they may be millions of rows).
+    gaze : bool
+        Include the eye-gaze samples of the trials and of the validations (CSV/Parquet only); the validation
+        results are always included.
     stimulus_root : path, optional
         Folder that stimulus paths are made relative to; by default the deepest folder holding all stimuli.
 
@@ -790,10 +1006,14 @@ def export_study(db_url: str | Path | StudyDB, out_dir: str | Path, *, parquet: 
             "stimuli": load_stimuli(db, stimulus_root=root),
             "ssq": load_ssq(db),
             "flagged_trials": load_flagged_trials(db),
+            "validation": load_validation(db),
         }
         if poses:
             # the interrupted showings too, marked: an export loses nothing
             tables["poses"] = load_poses(db, stimulus_root=root, interrupted=True)
+        if gaze:
+            tables["gaze"] = load_gaze(db, stimulus_root=root, interrupted=True)
+            tables["validation_samples"] = load_validation_samples(db)
         protocol = db.protocol
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

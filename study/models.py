@@ -4,7 +4,7 @@ All times are stored as UTC. SQLite keeps no time zone, so :class:`UTCDateTime` 
 to UTC on the way in and attaches UTC on the way out; code never sees a naive datetime from the store.
 
 Every foreign key cascades on delete, so removing one participant (data protection) removes their
-sessions, trials, answers, questionnaires, pose samples and events in one statement.
+sessions, trials, answers, questionnaires, pose and gaze samples, validations and events in one statement.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import sqlalchemy.orm as so
 #: :func:`study.store.migrate_study` brings a version-1 database to it.
 #: Version 2: several numbered sessions per participant with the station they ran on, the ``declined``
 #: status, and pose samples with presentation, interruption flag, field of view, position and runtime time.
-SCHEMA_VERSION = 2
+#: Version 3: eye-gaze samples of the trials, and the eye-tracker validations with their targets and samples.
+SCHEMA_VERSION = 3
 
 
 class UTCDateTime(sa.types.TypeDecorator):
@@ -295,6 +296,96 @@ class PoseSample(Base):
 
     def __repr__(self) -> str:
         return f"PoseSample(trial_id={self.trial_id}, t={self.t:.3f}, yaw={self.yaw_deg:.1f}, pitch={self.pitch_deg:.1f})"
+
+
+class GazeSample(Base):
+    """One eye-gaze sample while a stimulus was shown, at the tracker's own time; inserted in batches.
+
+    The direction is in the stimulus frame (yaw 0 the image centre), like the head poses; an invalid sample
+    (the tracker lost the eye: ``isActive`` false, a blink) keeps its time with no direction. Showings are
+    numbered and flagged as for :class:`PoseSample`.
+    """
+
+    __tablename__ = "gaze_sample"
+    __table_args__ = (sa.Index("ix_gaze_sample_session_trial", "session_id", "trial_id"),)
+
+    id: so.Mapped[IntPK]
+    session_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("session.id", ondelete="CASCADE"))
+    trial_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("trial.id", ondelete="CASCADE"))
+    t: so.Mapped[float]  # seconds since the stimulus was shown, at the tracker's sample time
+    yaw_deg: so.Mapped[Optional[float]]
+    pitch_deg: so.Mapped[Optional[float]]
+    valid: so.Mapped[bool]
+    presentation: so.Mapped[int] = so.mapped_column(default=0)
+    interrupted: so.Mapped[bool] = so.mapped_column(default=False)
+    # The tracker's own sample time (OpenXR XrEyeGazeSampleTimeEXT, ns), where there is a runtime.
+    runtime_time_ns: so.Mapped[Optional[int]] = so.mapped_column(sa.BigInteger)
+
+    def __repr__(self) -> str:
+        return f"GazeSample(trial_id={self.trial_id}, t={self.t:.3f}, valid={self.valid})"
+
+
+class ValidationRun(Base):
+    """One attempt of the eye-tracker validation step, with its overall measures.
+
+    ``attempt`` counts a session's validations from 1 (a repeat after "recalibrate" is the next one).
+    """
+
+    __tablename__ = "validation_run"
+    __table_args__ = (sa.UniqueConstraint("session_id", "attempt"),)
+
+    id: so.Mapped[IntPK]
+    session_id: so.Mapped[int] = _fk("session.id")
+    attempt: so.Mapped[int]
+    gaze_source: so.Mapped[str]
+    target_s: so.Mapped[float]
+    discard_s: so.Mapped[float]
+    threshold_deg: so.Mapped[Optional[float]]
+    accuracy_deg: so.Mapped[Optional[float]]
+    precision_rms_s2s_deg: so.Mapped[Optional[float]]
+    precision_sd_deg: so.Mapped[Optional[float]]
+    data_loss_pct: so.Mapped[Optional[float]]
+    recalibrate: so.Mapped[bool]
+    started_at: so.Mapped[UTCTime]
+    ended_at: so.Mapped[UTCTime]
+
+    def __repr__(self) -> str:
+        return f"ValidationRun(session_id={self.session_id}, attempt={self.attempt}, accuracy_deg={self.accuracy_deg})"
+
+
+class ValidationTarget(Base):
+    """The measures of one target of a validation attempt."""
+
+    __tablename__ = "validation_target"
+    __table_args__ = (sa.UniqueConstraint("run_id", "target"),)
+
+    id: so.Mapped[IntPK]
+    run_id: so.Mapped[int] = _fk("validation_run.id")
+    target: so.Mapped[int]   # position in the protocol's target list, from 0
+    yaw_deg: so.Mapped[float]
+    pitch_deg: so.Mapped[float]
+    n_samples: so.Mapped[int]
+    n_valid: so.Mapped[int]
+    accuracy_deg: so.Mapped[Optional[float]]
+    precision_rms_s2s_deg: so.Mapped[Optional[float]]
+    precision_sd_deg: so.Mapped[Optional[float]]
+    data_loss_pct: so.Mapped[Optional[float]]
+
+
+class ValidationSample(Base):
+    """One gaze sample of a validation attempt, in the validation's frame (yaw 0 straight ahead at its start)."""
+
+    __tablename__ = "validation_sample"
+    __table_args__ = (sa.Index("ix_validation_sample_run", "run_id"),)
+
+    id: so.Mapped[IntPK]
+    run_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("validation_run.id", ondelete="CASCADE"))
+    target: so.Mapped[int]
+    t: so.Mapped[float]   # seconds since the target appeared
+    yaw_deg: so.Mapped[Optional[float]]
+    pitch_deg: so.Mapped[Optional[float]]
+    valid: so.Mapped[bool]
+    runtime_time_ns: so.Mapped[Optional[int]] = so.mapped_column(sa.BigInteger)
 
 
 class Event(Base):

@@ -22,6 +22,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from study.errors import ProtocolError
+from study.validation_targets import (
+    DEFAULT_DISCARD_S,
+    DEFAULT_SPREAD_DEG,
+    DEFAULT_TARGET_S,
+    MAX_TARGET_DEG,
+    check_targets,
+    grid_targets,
+)
 
 SCHEMA_VERSION = 1
 """The newest protocol ``schema_version`` this code reads."""
@@ -73,6 +81,7 @@ DEFAULT_CAPTIONS: dict[str, str] = {
     "stop_question": "Stop the session now? You can continue it later.",
     "stop": "Stop",
     "go_on": "Go on",
+    "validation_wait": "Please keep still and keep the headset on: the experimenter is checking the eye tracker.",
 }
 CAPTION_FIELDS: dict[str, tuple[str, ...]] = {
     "continue_in": ("seconds",),
@@ -91,6 +100,15 @@ DEFAULT_AGE_RANGE = (1, 120)
 MAX_AGE = 150
 #: A demographic value typed as free text (where the protocol allows it) is at most this long.
 MAX_FREE_TEXT = 40
+DEFAULT_VALIDATION_INSTRUCTIONS = (
+    "Next we check the eye tracker. Dots will appear one after another on a grey background. Look at the "
+    "centre of each dot as soon as it appears, and keep looking at it until the next one appears. Try to "
+    "keep your head still."
+)
+#: Bounds of the validation step's timing and its recalibration threshold.
+MAX_VALIDATION_TARGETS = 50
+VALIDATION_TARGET_S = (0.5, 10.0)
+MAX_VALIDATION_THRESHOLD_DEG = 30.0
 DEFAULT_THANK_YOU = "Thank you for taking part. The session is over: the experimenter will help you take off the headset."
 
 # Ids end up in step keys such as "trial/12/VAR/clarity" and in CSV columns, so keep them plain.
@@ -208,6 +226,33 @@ class EnrolmentSpec:
 
 
 @dataclass(frozen=True)
+class ValidationSpec:
+    """The eye-tracker validation step: targets at known directions shown one after another on neutral grey.
+
+    Attributes
+    ----------
+    targets : tuple of (yaw_deg, pitch_deg)
+        Directions relative to straight ahead when the step begins, each within ±90°; the default is the
+        3 × 3 grid at ±15° (:func:`study.validation_targets.grid_targets`).
+    target_s : float
+        Seconds each target is shown.
+    discard_s : float
+        Leading seconds of each target left out of the measures (the eye finding it).
+    threshold_deg : float or None
+        Overall accuracy worse than this makes the console say "recalibrate" and wait for the experimenter
+        (repeat or go on); None never asks.
+    instructions : str
+        The panel the participant reads before the targets.
+    """
+
+    targets: tuple[tuple[float, float], ...] = field(default_factory=grid_targets)
+    target_s: float = DEFAULT_TARGET_S
+    discard_s: float = DEFAULT_DISCARD_S
+    threshold_deg: float | None = None
+    instructions: str = DEFAULT_VALIDATION_INSTRUCTIONS
+
+
+@dataclass(frozen=True)
 class SessionSpec:
     """One of the sessions a participant comes for (e.g. one per day).
 
@@ -259,6 +304,7 @@ class Protocol:
     panel: PanelSpec = PanelSpec()
     view: ViewSpec = ViewSpec()
     enrolment: EnrolmentSpec = EnrolmentSpec()
+    validation: ValidationSpec | None = None
 
     def session(self, number: int) -> SessionSpec:
         """The session numbered ``number`` (from 1).
@@ -306,6 +352,8 @@ def participant_texts(protocol: Protocol) -> list[tuple[str, str]]:
     texts.append(("ssq.question", protocol.ssq.question))
     texts += [(f"ssq.items[{i}]", item) for i, item in enumerate(protocol.ssq.items)]
     texts += [(f"ssq.labels.{value}", label) for value, label in protocol.ssq.labels.items()]
+    if protocol.validation is not None:
+        texts.append(("validation.instructions", protocol.validation.instructions))
     texts.append(("training.instructions", protocol.training.instructions))
     texts.append(("breaks.text", protocol.breaks.text))
     for i, scale in enumerate(protocol.scales):
@@ -501,7 +549,7 @@ class _Reader:
         self.no_unknown(doc, "", ("schema_version", "name", "version", "seed", "participants", "scenes",
                                   "exposure_s", "pose_rate_hz", "instructions", "training", "breaks", "ssq",
                                   "scales", "consent", "thank_you", "captions", "panel", "view", "sessions",
-                                  "enrolment"))
+                                  "enrolment", "validation"))
 
         seed = self.get(doc, "seed", "", int, "an integer")
         if not 0 <= seed <= MAX_SEED:
@@ -546,6 +594,7 @@ class _Reader:
             panel=self.panel(doc),
             view=self.view(doc),
             enrolment=self.enrolment(doc),
+            validation=self.validation(doc),
         )
 
     def captions(self, doc: dict) -> dict[str, str]:
@@ -651,6 +700,45 @@ class _Reader:
                                 f"list the choices, or set {name}_free_text = true")
             chosen[name] = DemographicField(tuple(choices), free)
         return EnrolmentSpec(code_pattern=pattern, code_examples=examples, age_min=low, age_max=high, **chosen)
+
+    def validation(self, doc: dict) -> ValidationSpec | None:
+        if "validation" not in doc:
+            return None
+        section = self.table(doc, "validation", "", ("targets", "spread_deg", "target_s", "discard_s",
+                                                     "threshold_deg", "instructions"))
+        if "targets" in section and "spread_deg" in section:
+            raise self.fail("validation.spread_deg", "goes with the default 3 x 3 grid, but targets are listed too",
+                            "keep one of targets and spread_deg")
+        if "targets" in section:
+            raw = self.get(section, "targets", "validation", list, "a list of [yaw_deg, pitch_deg] pairs")
+            if len(raw) > MAX_VALIDATION_TARGETS:
+                raise self.fail("validation.targets", f"has {len(raw)} targets",
+                                f"list at most {MAX_VALIDATION_TARGETS} (9 is usual: a 3 x 3 grid)")
+            targets = check_targets(raw, where=f"{self.source}: validation.targets")
+        else:
+            spread = self.number(section, "spread_deg", "validation", DEFAULT_SPREAD_DEG)
+            if not 0 < spread <= MAX_TARGET_DEG / 2:
+                raise self.fail("validation.spread_deg", f"{spread:g} degrees is outside (0, {MAX_TARGET_DEG / 2:g}]",
+                                "give the grid's half-width in degrees, e.g. 15")
+            targets = grid_targets(spread)
+        low, high = VALIDATION_TARGET_S
+        target_s = self.number(section, "target_s", "validation", DEFAULT_TARGET_S)
+        if not low <= target_s <= high:
+            raise self.fail("validation.target_s", f"{target_s:g} s is outside {low:g}..{high:g} s",
+                            "show each target for 0.5..10 s (1.5 is usual)")
+        discard = self.number(section, "discard_s", "validation", min(DEFAULT_DISCARD_S, target_s / 2))
+        if not 0 <= discard < target_s:
+            raise self.fail("validation.discard_s", f"{discard:g} s is not within 0..target_s ({target_s:g} s)",
+                            "discard less than the target is shown (0.5 s of 1.5 s is usual)")
+        threshold = self.number(section, "threshold_deg", "validation", None)
+        if threshold is not None and not 0 < threshold <= MAX_VALIDATION_THRESHOLD_DEG:
+            raise self.fail("validation.threshold_deg", f"{threshold:g} degrees is outside (0, "
+                            f"{MAX_VALIDATION_THRESHOLD_DEG:g}]", "give the worst acceptable accuracy, e.g. 1.5, or "
+                            "leave the key out")
+        instructions = (self.text(section, "instructions", "validation") if "instructions" in section
+                        else DEFAULT_VALIDATION_INSTRUCTIONS)
+        return ValidationSpec(targets=targets, target_s=target_s, discard_s=discard, threshold_deg=threshold,
+                              instructions=instructions)
 
     def yaw(self, parent: Mapping[str, Any], key: str, path: str, default: Any) -> float:
         value = self.number(parent, key, path, default)

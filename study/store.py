@@ -44,11 +44,15 @@ from study.models import (
     SCHEMA_VERSION,
     Base,
     Event,
+    GazeSample,
     Participant,
     SchemaInfo,
     Stimulus,
     Study,
     StudySession,
+    ValidationRun,
+    ValidationSample,
+    ValidationTarget,
     utc_now,
 )
 from study.protocol import DEFAULT_PROTOCOL, MAX_FREE_TEXT, Protocol, load_protocol, parse_protocol
@@ -624,11 +628,13 @@ class ErasureReport:
 
 
 #: Tables a participant's data lives in (for VACUUM FULL on PostgreSQL).
-PARTICIPANT_TABLES = ("participant", "session", "trial", "answer", "ssq_answer", "step_done", "pose_sample", "event")
+PARTICIPANT_TABLES = ("participant", "session", "trial", "answer", "ssq_answer", "step_done", "pose_sample", "gaze_sample",
+                      "validation_run", "validation_target", "validation_sample", "event")
 
 
 def delete_participant(db: StudyDB, code: str, *, wait_s: float = 10.0, vacuum_full: bool = False) -> ErasureReport:
-    """Removes every trace of one participant (data protection): sessions, answers, SSQ, poses, events.
+    """Removes every trace of one participant (data protection): sessions, answers, SSQ, poses, gaze,
+    validations, events.
 
     On SQLite, ``secure_delete`` zeroes the freed pages and a ``wal_checkpoint(TRUNCATE)`` moves them into
     the main file and empties the WAL; then both files are searched for the participant's code and
@@ -812,8 +818,15 @@ def _migrate_1_to_2(connection: sa.Connection) -> None:
         connection.execute(sa.text(f"ALTER TABLE pose_sample ADD COLUMN {name} {kind}"))
 
 
+def _migrate_2_to_3(connection: sa.Connection) -> None:
+    """Version 3: the gaze tables (trial gaze samples; validation attempts, their targets and samples). Nothing
+    else changes, so every earlier row stays as it is."""
+    for model in (GazeSample, ValidationRun, ValidationTarget, ValidationSample):
+        model.__table__.create(connection)
+
+
 #: Schema version → the function that brings a database of that version to the next one.
-MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def _migration_engine(url: str) -> sa.Engine:

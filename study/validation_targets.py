@@ -2,7 +2,7 @@
 
 A validation shows targets at known directions on a neutral background and the participant looks at each
 in turn; accuracy, precision and data loss are then computed from the gaze recorded meanwhile
-(``analysis.gaze_validation``). The default is the usual 3 × 3 grid at ±15° (vexptoolbox, SightLab),
+(``study.gaze_validation``). The default is the usual 3 × 3 grid at ±15° (vexptoolbox, SightLab),
 1.5 s per target of which the first 0.5 s (the eye finding the target) are discarded.
 """
 

@@ -98,6 +98,15 @@ def protocol_with(old: str, new: str) -> Callable[[Path], None]:
     return setup
 
 
+def protocol_plus(extra: str) -> Callable[[Path], None]:
+    """A copy of the study's protocol as bad.toml, with ``extra`` added at its end."""
+
+    def setup(tmp: Path) -> None:
+        (tmp / "bad.toml").write_text((tmp / "tiny.toml").read_text(encoding="utf-8") + extra, encoding="utf-8")
+
+    return setup
+
+
 def jsonl(relative: str, *entries: object) -> Callable[[Path], None]:
     return write(relative, "".join((e if isinstance(e, str) else json.dumps(e)) + "\n" for e in entries))
 
@@ -173,6 +182,7 @@ IMPORT = ("study", "import-stimuli", "--db", "{db}")
 INFO = ("study", "info", "--db")
 EXPORT = ("study", "export", "--db", "{db}")
 ANALYZE = ("analyze", "--out", "{tmp}/report", "--answers")
+REPLAY = ("replay", "--db", "{db}", "--participant", "P01", "--out", "{tmp}/r.gif")
 VIEW = ("view", "{stimuli}/street/0.png", "--backend", "headless", "--out", "{tmp}/v.png")
 
 CASES = [
@@ -333,6 +343,15 @@ CASES = [
     Case("export-same-file-twice", (*EXPORT, "--out", "{tmp}/a.csv", "--ssq", "{tmp}/a.csv"), ("--ssq", "the same file as --out")),
     Case("export-parent-is-file", (*EXPORT, "--out", "{protocol}/answers.csv"), ("tiny.toml is a file, not a folder",)),
     Case("export-ssq-to-folder", (*EXPORT, "--out", "{tmp}/a.csv", "--ssq", "{stimuli}"), ("--ssq", "is a folder")),
+    # -- gaze ------------------------------------------------------------------------------------------------
+    Case("export-gaze-without-gaze", (*EXPORT, "--out", "{tmp}/a.csv", "--gaze", "{tmp}/g.csv"),
+         ("--gaze", "no session of study tiny recorded eye gaze", "leave --gaze out")),
+    Case("replay-trial-missing", (*REPLAY, "--trial", "99"), ("P01 has no recorded trial 99", "their recorded trials are")),
+    Case("replay-session-missing", (*REPLAY, "--trial", "1", "--session", "4"), ("P01 has no session 4", "--session")),
+    Case("validation-target-outside", (*INIT, "{tmp}/bad.toml"), ("validation.targets[1]", "pitch 95° is outside ±90°"),
+         protocol_plus("\n[validation]\ntargets = [[0, 0], [0, 95]]\n")),
+    Case("validation-threshold-zero", (*INIT, "{tmp}/bad.toml"), ("validation.threshold_deg", "outside (0, 30]"),
+         protocol_plus("\n[validation]\nthreshold_deg = 0\n")),
     Case("view-out-not-png", ("view", "{stimuli}/street/0.png", "--backend", "headless", "--out", "{tmp}/v.jpg"), ("write a .png",)),
     # -- driver files ------------------------------------------------------------------------------------------
     Case("driver-header-only", (*RUN, *P02, "--driver", "{tmp}/d.csv"), ("d.csv", "holds no answers"), driver("d.csv", "key,value\n")),

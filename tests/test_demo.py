@@ -114,3 +114,31 @@ def test_a_failing_generator_leaves_its_own_line_as_the_only_one(tmp_path):
     done = _demo(tmp_path / "broken", "--model", str(tmp_path / "no-such-model"), "--controlnet", str(tmp_path / "no-cn"))
     assert done.returncode == 2 and done.stdout == ""
     assert len(done.stderr.splitlines()) == 1 and "no-such-model" in done.stderr and done.stderr.startswith("error: ")
+
+
+#: The object each scene's simulated eye is drawn to (the scene spec's first mask label: its subject).
+SUBJECTS = {"vehicle": "car", "street": "person", "indoor": "sofa", "mountainous": "mountain"}
+
+
+def test_reduced_demo_records_gaze_and_the_mask_dwell_table_recovers_the_pull_to_each_subject(demo_run):
+    from study.export import load_gaze, load_validation
+
+    out, _ = demo_run
+    gaze = load_gaze(out / "study.sqlite")
+    assert set(gaze["participant"]) == set(participant_codes(4)) and gaze["valid"].mean() > 0.9
+    validation = load_validation(out / "study.sqlite")
+    overall = validation[validation["level"] == "overall"]
+    # one attempt each; the simulated trackers are off by 0.2-1.0 degrees, within the protocol's 1.5
+    assert sorted(overall["participant"]) == list(participant_codes(4)) and (overall["attempt"] == 1).all()
+    assert overall["accuracy_deg"].between(0.1, 1.2).all() and not overall["recalibrate"].any()
+    dwell = pd.read_csv(out / "report" / "mask_dwell.csv")
+    scenes = dwell[dwell["level"] == "scene"]
+    assert sorted(scenes["scene"].unique()) == sorted(SCENES)
+    for scene, rows in scenes.groupby("scene"):
+        top = rows.loc[rows["dwell_share"].idxmax()]
+        assert top["object"] == SUBJECTS[scene], rows
+        # far above chance (the object's solid-angle share), and above every other object of the scene
+        assert top["dwell_ci_low"] > 5 * top["chance_share"]
+        assert (rows.loc[rows["object"] != top["object"], "dwell_share"] < top["dwell_ci_low"]).all()
+    page = (out / "report" / "report.html").read_text(encoding="utf-8")
+    assert "Gaze on the masked objects" in page and "Eye-tracker validation" in page

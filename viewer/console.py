@@ -2,13 +2,16 @@
 
 It shows who is in the session and where they are (participant, session, step k of N, stimulus and
 scene, time on the stimulus, the last answer and that it was committed, frame and pose rates, dropped
-frames), an opt-in mirror of the participant's view, and the controls, each with a key:
+frames, the eye tracker or that there is none, the last validation's measures), an opt-in mirror of the
+participant's view, and the controls, each with a key:
 
 * **Pause** (P): the participant sees the protocol's "paused" panel; a stimulus interrupted by it is shown
   again from its start.
 * **Resume** (R): after a "ready?" panel, the session goes on.
 * **Break now** (B): a break before the next trial (at once if a stimulus is showing).
 * **Abort…** (A): asks for a reason and whether the session can be resumed or is withdrawn.
+* **Repeat validation** (V) and **Go on** (G): after a validation the protocol's threshold calls
+  "recalibrate", repeat it (once the eye tracker is recalibrated) or keep the result.
 * **Mirror** (M): shows one eye of what the participant sees, a few times per second.
 
 Closing the window asks whether to stop the session (it can be resumed).
@@ -39,7 +42,7 @@ class Console:
         frame.grid(sticky="nsew")
         root.columnconfigure(0, weight=1)
         self.vars = {name: tk.StringVar(value="") for name in ("who", "state", "hint", "step", "stimulus", "answer", "rates",
-                                                                 "note")}
+                                                                 "gaze", "validation", "note")}
         big = ("TkDefaultFont", 14, "bold")
         ttk.Label(frame, textvariable=self.vars["who"], font=big).grid(row=0, column=0, columnspan=4, sticky="w")
         self.state_label = tk.Label(frame, textvariable=self.vars["state"], font=("TkDefaultFont", 18, "bold"),
@@ -47,25 +50,31 @@ class Console:
         self.state_label.grid(row=1, column=0, columnspan=4, sticky="ew", pady=(6, 6))
         ttk.Label(frame, textvariable=self.vars["hint"], wraplength=640, justify="left",
                   font=("TkDefaultFont", 11, "bold")).grid(row=2, column=0, columnspan=4, sticky="w", pady=(0, 6))
-        for row, name in enumerate(("step", "stimulus", "answer", "rates", "note"), start=3):
+        for row, name in enumerate(("step", "stimulus", "answer", "rates", "gaze", "validation", "note"), start=3):
             ttk.Label(frame, textvariable=self.vars[name], wraplength=640, justify="left").grid(
                 row=row, column=0, columnspan=4, sticky="w", pady=1)
         self.buttons = {}
         for column, (name, label) in enumerate((("pause", "Pause (P)"), ("resume", "Resume (R)"),
                                                 ("break", "Break now (B)"), ("abort", "Abort… (A)"))):
             button = ttk.Button(frame, text=label, command=lambda n=name: self.control(n))
-            button.grid(row=8, column=column, sticky="ew", padx=3, pady=(10, 4))
+            button.grid(row=10, column=column, sticky="ew", padx=3, pady=(10, 4))
             frame.columnconfigure(column, weight=1)
+            self.buttons[name] = button
+        for column, (name, label) in enumerate((("repeat_validation", "Repeat validation (V)"),
+                                                ("accept_validation", "Go on (G)")), start=0):
+            button = ttk.Button(frame, text=label, command=lambda n=name: self.control(n))
+            button.grid(row=11, column=2 * column, columnspan=2, sticky="ew", padx=3, pady=(0, 4))
             self.buttons[name] = button
         self.mirror_on = tk.BooleanVar(value=False)
         ttk.Checkbutton(frame, text="Mirror the participant's view (M)", variable=self.mirror_on,
-                        command=self.send_mirror).grid(row=9, column=0, columnspan=4, sticky="w", pady=4)
+                        command=self.send_mirror).grid(row=12, column=0, columnspan=4, sticky="w", pady=4)
         self.mirror_label = ttk.Label(frame)
-        self.mirror_label.grid(row=10, column=0, columnspan=4)
+        self.mirror_label.grid(row=13, column=0, columnspan=4)
         self.log = tk.Text(frame, height=7, width=84, state="disabled", relief="flat", background="#f2f2f2")
-        self.log.grid(row=11, column=0, columnspan=4, sticky="ew", pady=(6, 0))
+        self.log.grid(row=14, column=0, columnspan=4, sticky="ew", pady=(6, 0))
         self.logged = 0
-        for key, name in (("p", "pause"), ("r", "resume"), ("b", "break"), ("a", "abort")):
+        for key, name in (("p", "pause"), ("r", "resume"), ("b", "break"), ("a", "abort"), ("v", "repeat_validation"),
+                          ("g", "accept_validation")):
             root.bind(f"<KeyPress-{key}>", lambda event, n=name: self.control(n))
         root.bind("<KeyPress-m>", lambda event: (self.mirror_on.set(not self.mirror_on.get()), self.send_mirror()))
         self.photo = None
@@ -158,8 +167,10 @@ class Console:
         self.vars["who"].set(f"Participant {s['participant']} · session {s['session_number']} of {s['session_count']} "
                              f"({s['session_name']}) · station {s.get('station') or 'unnamed'}")
         colours = {"running": "#2a7a2a", "paused": "#b07000", "break": "#2a5a9a", "asking": "#b07000",
-                   "complete": "#555555", "consent": "#2a5a9a", "ready": "#2a5a9a"}
-        self.vars["state"].set(self.state.upper())
+                   "complete": "#555555", "consent": "#2a5a9a", "ready": "#2a5a9a", "validating": "#2a5a9a",
+                   "validation_result": "#a02020"}
+        names = {"validating": "VALIDATING THE EYE TRACKER", "validation_result": "RECALIBRATE"}
+        self.vars["state"].set(names.get(self.state, self.state.upper()))
         self.vars["hint"].set(s.get("state_text", ""))
         self.state_label.configure(bg=colours.get(self.state, "#555555"))
         self.vars["step"].set(f"Step {s['step_index']} of {s['step_count']}: {s['step_text']}")
@@ -174,6 +185,8 @@ class Console:
             f"Frames {s['frame_hz']:.1f} Hz ({s['frame_ms']:.1f} ms) · head poses {s['pose_text']}"
             + (f" · dropped frames {dropped}" if dropped is not None else "")
         )
+        self.vars["gaze"].set(s.get("gaze_text", ""))
+        self.vars["validation"].set(s.get("validation_text", ""))
         self.vars["note"].set(s.get("note", ""))
         allowed = set(s.get("controls", ()))
         for name, button in self.buttons.items():

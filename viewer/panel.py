@@ -135,7 +135,7 @@ class PanelContent:
     Attributes
     ----------
     kind : str
-        consent, instructions, ssq, rating, break, ready, paused, stop or end.
+        consent, instructions, ssq, validation, rating, break, ready, paused, validation_wait, stop or end.
     text : str
         The body (paragraphs separated by an empty line).
     values, labels :
@@ -196,13 +196,16 @@ def content_for_step(step, protocol) -> PanelContent:
 
 def message_content(kind: str, protocol) -> PanelContent:
     """A panel the session itself shows: "ready" (after a resume or a pause), "paused" (no buttons: the
-    experimenter resumes), "stop" (Escape asks first) or "end" (the thank-you text)."""
+    experimenter resumes), "validation_wait" (no buttons: the experimenter decides after a "recalibrate"),
+    "stop" (Escape asks first) or "end" (the thank-you text)."""
     captions = protocol.captions
     common = dict(countdown=captions["continue_in"], page_caption=captions["page"])
     if kind == "ready":
         return PanelContent("ready", captions["ready"], actions=(("continue", captions["continue"]),), **common)
     if kind == "paused":
         return PanelContent("paused", captions["paused"], **common)
+    if kind == "validation_wait":
+        return PanelContent("validation_wait", captions["validation_wait"], **common)
     if kind == "stop":
         return PanelContent("stop", captions["stop_question"],
                             actions=(("go_on", captions["go_on"]), ("stop", captions["stop"])), **common)
@@ -681,6 +684,10 @@ def panel_contents(protocol) -> list[tuple[str, PanelContent, dict[str, str]]]:
                                         protocol), "consent")
     add("instructions", content_for_step(Step("instructions", "instructions", text=protocol.instructions), protocol),
         "instructions")
+    if protocol.validation is not None:
+        add("validation", content_for_step(Step("validation", "validation", text=protocol.validation.instructions),
+                                           protocol), "validation.instructions")
+        add("validation_wait", message_content("validation_wait", protocol), "captions.validation_wait")
     add("training instructions", content_for_step(
         Step("instructions", "training/instructions", text=protocol.training.instructions), protocol), "training.instructions")
     add("break", content_for_step(Step("break", "break/0", text=protocol.breaks.text,

@@ -99,50 +99,80 @@ def rate_report(times_s: list[float] | np.ndarray, rate_hz: float, exposure_s: f
     )
 
 
-class PoseSampler:
-    """Samples ``source`` at ``rate_hz`` from a given onset, in a thread of its own.
+_fast_switch = {"users": 0, "saved": None}
+_fast_switch_lock = threading.Lock()
+
+
+def _fast_switching(on: bool) -> None:
+    """Shortens Python's switch interval while any sampler runs (pose and gaze samplers overlap), and
+    restores it when the last one stops."""
+    with _fast_switch_lock:
+        if on:
+            if _fast_switch["users"] == 0:
+                _fast_switch["saved"] = sys.getswitchinterval()
+                sys.setswitchinterval(min(_fast_switch["saved"], SWITCH_INTERVAL_S))
+            _fast_switch["users"] += 1
+        else:
+            _fast_switch["users"] -= 1
+            if _fast_switch["users"] == 0:
+                sys.setswitchinterval(_fast_switch["saved"])
+
+
+class DueTimeSampler:
+    """Asks ``source`` for a sample at each due time ``onset + k / rate_hz``, in a thread of its own.
+
+    What the source returns is kept (None: no sample then) by :meth:`_record`, which subclasses shape:
+    :class:`PoseSampler` for head poses, ``viewer.gaze.GazeSampler`` for the eye tracker.
 
     Parameters
     ----------
     rate_hz : float
-        Samples per second, 0 < rate ≤ 90.
+        Samples per second (checked by :meth:`_check_rate`).
     source : callable
-        ``source(monotonic_ns) -> HeadSample | None``: the head at that time (None: no pose then).
+        ``source(monotonic_ns)``: the sample at that time, or None.
     clock_ns : callable
         The clock the due times are on (``time.monotonic_ns``).
     raise_priority : bool
         Ask the OS for a real-time (else a higher) priority for the sampling thread where allowed.
     """
 
+    thread_name = "sampler"
+
     def __init__(self, rate_hz: float, source: Callable[[int], object], *, clock_ns: Callable[[], int] = time.monotonic_ns,
                  raise_priority: bool = True):
-        self.rate_hz = check_rate(rate_hz)
+        self.rate_hz = self._check_rate(rate_hz)
         self.period_ns = round(1e9 / self.rate_hz)
         self._source = source
         self._clock = clock_ns
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        self._samples: list[TimedSample] = []
+        self._samples: list = []
         self._next = 0
         self._count = 0
         self._onset_ns = 0
         self._end_ns: int | None = None
         self._error: BaseException | None = None
-        self._switch_interval = None
         self.priority = "normal"
         self._wants_priority = raise_priority
+
+    @staticmethod
+    def _check_rate(rate_hz: float) -> float:
+        return check_rate(rate_hz)
+
+    def _record(self, k: int, sample, late_ns: int):
+        """What is kept of the source's answer for due time ``k`` (never called with None)."""
+        return sample
 
     def start(self, onset_ns: int, exposure_s: float) -> None:
         """Starts sampling an exposure that began (or begins) at ``onset_ns`` and lasts ``exposure_s``."""
         if self._thread is not None:
-            raise RuntimeError("PoseSampler.start: already sampling; stop() first")
+            raise RuntimeError(f"{type(self).__name__}.start: already sampling; stop() first")
         self._onset_ns, self._samples, self._next, self._error, self._end_ns = onset_ns, [], 0, None, None
         self._count = len(due_times(self.rate_hz, exposure_s))
         self._wake.clear()
-        self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
-        self._thread = threading.Thread(target=self._run, name="pose-sampler", daemon=True)
+        _fast_switching(True)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
 
     def _due_ns(self, k: int) -> int:
@@ -153,7 +183,7 @@ class PoseSampler:
         sample = self._source(due)
         late = self._clock() - due
         if sample is not None:
-            record = TimedSample(k / self.rate_hz, sample.head, sample.position, sample.fov_deg, sample.runtime_time_ns, late)
+            record = self._record(k, sample, late)
             with self._lock:
                 self._samples.append(record)
 
@@ -195,7 +225,7 @@ class PoseSampler:
         except BaseException as error:  # noqa: BLE001 - handed to the render thread in stop()
             self._error = error
 
-    def stop(self, at_ns: int | None = None) -> list[TimedSample]:
+    def stop(self, at_ns: int | None = None) -> list:
         """Ends the exposure at ``at_ns`` (default: now) and returns its samples, every one due before then.
 
         A sample due before the end that the thread has not taken yet is taken now (at its due time), so
@@ -214,7 +244,7 @@ class PoseSampler:
         self._wake.set()
         self._thread.join()
         self._thread = None
-        sys.setswitchinterval(self._switch_interval)
+        _fast_switching(False)
         if self._error is not None:
             raise self._error
         while self._next < self._count and self._due_ns(self._next) < end:
@@ -222,3 +252,16 @@ class PoseSampler:
             self._next += 1
         samples, self._samples = self._samples, []
         return samples
+
+
+class PoseSampler(DueTimeSampler):
+    """Samples the head at ``rate_hz`` (0 < rate ≤ 90) from a given onset, in a thread of its own.
+
+    ``source(monotonic_ns) -> HeadSample | None`` gives the head at that time; :meth:`stop` returns
+    :class:`TimedSample` records.
+    """
+
+    thread_name = "pose-sampler"
+
+    def _record(self, k: int, sample, late_ns: int) -> TimedSample:
+        return TimedSample(k / self.rate_hz, sample.head, sample.position, sample.fov_deg, sample.runtime_time_ns, late_ns)

@@ -26,6 +26,8 @@ from viewer.textures import (
 
 #: sRGB code of the neutral grey shown between stimuli and behind the panel (and behind transparent pixels).
 GREY_SRGB = NEUTRAL_GREY_SRGB
+#: Angular radii of a validation target: its dark disc and its light centre (degrees).
+TARGET_RADII_DEG = (0.6, 0.15)
 
 
 def srgb_to_linear(code: float) -> float:
@@ -248,8 +250,10 @@ class Renderer:
         self._equirect = ctx.program(vertex_shader=vert, fragment_shader=load_shader("equirect.frag"))
         self._grey = ctx.program(vertex_shader=vert, fragment_shader=load_shader("grey.frag"))
         self._panel = ctx.program(vertex_shader=load_shader("panel.vert"), fragment_shader=load_shader("panel.frag"))
+        self._target = ctx.program(vertex_shader=vert, fragment_shader=load_shader("target.frag"))
         self._empty = ctx.vertex_array(self._equirect, [])
         self._grey_vao = ctx.vertex_array(self._grey, [])
+        self._target_vao = ctx.vertex_array(self._target, [])
         self._panel_vao = ctx.vertex_array(self._panel, [])
         self.max_texture_width = min(MAX_WIDTH, ctx.info["GL_MAX_TEXTURE_SIZE"])
         self.stimuli = StimulusTextures(ctx, StimulusLoader(max_width=self.max_texture_width, downscale=downscale))
@@ -265,7 +269,8 @@ class Renderer:
         self.panorama_yaw_deg = float(yaw_deg)
         self._panorama_rotation = view_rotation(yaw_deg, 0.0)
 
-    def draw_eye(self, fbo, eye: EyeView, *, stimulus=None, fade: float = 0.0, panel: PanelQuad | None = None) -> None:
+    def draw_eye(self, fbo, eye: EyeView, *, stimulus=None, fade: float = 0.0, panel: PanelQuad | None = None,
+                 target: np.ndarray | None = None) -> None:
         """Draws one eye into ``fbo`` (its full viewport).
 
         Parameters
@@ -277,13 +282,23 @@ class Renderer:
         fade : float
             0 shows the panorama, 1 only the grey; mixed in linear light.
         panel : PanelQuad or None
+        target : (3,) array or None
+            A validation target on the grey instead of a stimulus: its unit direction in the world frame.
         """
         import moderngl
 
         fbo.use()
         self.ctx.disable(moderngl.DEPTH_TEST | moderngl.BLEND | moderngl.CULL_FACE)
         grey = (self.grey_linear,) * 3
-        if stimulus is None or fade >= 1.0:
+        if target is not None:
+            program = self._target
+            program["u_rotation"].write(np.ascontiguousarray(np.asarray(eye.rotation).T, dtype="f4"))
+            program["u_tangents"].value = eye.tangents.as_vec4()
+            program["u_target"].value = tuple(map(float, np.asarray(target) / np.linalg.norm(target)))
+            program["u_cos_radii"].value = tuple(float(np.cos(np.radians(r))) for r in TARGET_RADII_DEG)
+            program["u_grey"].value = grey
+            self._target_vao.render(moderngl.TRIANGLES, vertices=3)
+        elif stimulus is None or fade >= 1.0:
             self._grey["u_grey"].value = grey
             self._grey_vao.render(moderngl.TRIANGLES, vertices=3)
         else:
@@ -328,5 +343,6 @@ class Renderer:
         self.stimuli.loader.close()
         if self._panel_texture is not None:
             self._panel_texture.release()
-        for obj in (self._empty, self._grey_vao, self._panel_vao, self._equirect, self._grey, self._panel):
+        for obj in (self._empty, self._grey_vao, self._panel_vao, self._target_vao, self._equirect, self._grey, self._panel,
+                    self._target):
             obj.release()

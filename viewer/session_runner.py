@@ -10,6 +10,12 @@ stalls the display.
 Every stimulus starts the same way: straight ahead is its start yaw (the protocol's, default 0) and
 the desktop's field of view is the protocol's; panels have a fixed view of their own.
 
+Where the backend has an eye tracker (``viewer.gaze``), it records during every stimulus too, at its own
+sample times, and the samples are stored with the poses, in the stimulus frame. The protocol's validation
+step shows its targets one after another on grey and stores accuracy, precision and data loss; above the
+protocol's threshold the console says "recalibrate" and the experimenter repeats the step or goes on.
+Without an eye tracker the session says so (a ``gaze`` event, the console) and records head poses only.
+
 The experimenter's console (:mod:`viewer.console_link`) may pause (the participant sees the "paused"
 panel; a stimulus interrupted by it is shown again from its start, its partial poses kept and flagged),
 resume (after a "ready?" panel), insert a break, or abort with a reason (resumable or withdrawn). Escape
@@ -33,6 +39,7 @@ import numpy as np
 from study.errors import SessionError
 from viewer.backends.base import Backend, Frame, FrameInput, HeadSample, InputEvent, backend_class
 from viewer.camera import view_rotation, yaw_pitch_roll
+from viewer.gaze import GazeShowing, gaze_records, world_directions
 from viewer.panel import Panel, PanelContent, content_for_step, message_content
 from viewer.pose import PoseSampler, TimedSample, due_times, rate_report
 
@@ -174,6 +181,11 @@ class SessionRunner:
         self._log: list[str] = []
         self._lateness: list[int] = []
         self._held_commands: list[dict] = []
+        self.gaze = backend.gaze_source()
+        self._gaze_text = ("Eye tracking: " + (f"{self.gaze.name}, {self.gaze.rate_hz:g} Hz" if self.gaze is not None
+                           else f"not available ({backend.why_no_gaze()}): head pose only"))
+        self._validation_text = ""
+        self._validation_choice: str | None = None
 
     # -- frames ------------------------------------------------------------------------------------------
 
@@ -265,6 +277,10 @@ class SessionRunner:
             else:
                 self._record("console", {"command": "resume"}, "resumed by the experimenter")
                 self._resume_requested = True
+        elif name in ("repeat_validation", "accept_validation"):
+            self._record("console", {"command": name}, "validation: " + ("repeat" if name == "repeat_validation"
+                                                                           else "go on with this result"))
+            self._validation_choice = "repeat" if name == "repeat_validation" else "accept"
         elif name == "break":
             before = self.engine.request_break()
             self._record("console", {"command": "break", "before_trial": before},
@@ -278,7 +294,8 @@ class SessionRunner:
 
     def _controls(self) -> tuple[str, ...]:
         return {"running": ("pause", "break", "abort"), "ready": ("pause", "abort"), "paused": ("resume", "abort"),
-                "asking": ("abort",), "complete": ("resume",)}.get(self.mode, ("abort",))
+                "asking": ("abort",), "complete": ("resume",), "validating": ("pause", "abort"),
+                "validation_result": ("repeat_validation", "accept_validation", "abort")}.get(self.mode, ("abort",))
 
     def _status(self) -> dict:
         engine, step = self.engine, self._step
@@ -288,7 +305,11 @@ class SessionRunner:
         state_text = {"running": "", "paused": "The participant sees the paused panel. Resume (R) when they are ready.",
                       "ready": "Waiting for the participant to select Continue on the \"ready?\" panel.",
                       "asking": "Escape was pressed in the participant's window: it asks whether to stop.",
-                      "complete": "The session is complete. Resume (R) closes the participant's window."}
+                      "complete": "The session is complete. Resume (R) closes the participant's window.",
+                      "validating": "The participant is looking at the validation targets.",
+                      "validation_result": "Recalibrate the eye tracker (the headset's eye calibration), then Repeat "
+                                           "validation (V); or Go on (G) to keep this result. The participant sees a "
+                                           "'please keep still' panel."}
         status = {
             "participant": engine.participant_code, "session_number": engine.number,
             "session_count": engine.sessions_in_protocol(), "session_name": engine.spec.name, "station": self.station,
@@ -302,6 +323,7 @@ class SessionRunner:
             "last_answer": self._last_answer, "frame_hz": 1.0 / mean if mean > 0 else 0.0, "frame_ms": mean * 1000.0,
             "pose_text": f"{self.engine.pose_rate_hz:g} Hz due; last trial {self._last_pose}",
             "dropped": self.backend.dropped_frames(), "controls": self._controls(), "note": self._note,
+            "gaze_text": self._gaze_text, "validation_text": self._validation_text,
             "log": list(self._log[-20:]),
         }
         return status
@@ -320,9 +342,14 @@ class SessionRunner:
 
     # -- stimuli -----------------------------------------------------------------------------------------
 
-    def _scripted_motion(self, step) -> np.ndarray | None:
+    def _scripted_motion(self, step, showing: GazeShowing) -> np.ndarray | None:
         if not self.scripted_head:
             return None
+        if self.gaze is not None:
+            # the scripted eye leads, the head follows it
+            follows = self.gaze.head_motion(showing, self.engine.pose_rate_hz)
+            if follows is not None:
+                return np.array(follows)
         from study.driver import scripted_head_motion
 
         return np.array(scripted_head_motion(
@@ -364,13 +391,15 @@ class SessionRunner:
             self._frame(Frame(stimulus=None, fade=1.0, head=self._scripted_head(None, 0.0)))
             texture = stimuli.get(step.stimulus_path)
         stimuli.show(step.stimulus_path)
-        motion = self._scripted_motion(step)
         # every stimulus starts with its start yaw straight ahead
         if self.tracked:
             self.backend.renderer.turn_panorama(step.start_yaw_deg - yaw_pitch_roll(self.head)[0])
         else:
             self.backend.reset_view(step.start_yaw_deg, 0.0, fov_deg=self.protocol.view.fov_deg, locked=False)
         turn = view_rotation(self.backend.renderer.panorama_yaw_deg, 0.0)
+        showing = GazeShowing(self.engine.participant_code, step.exposure_s, turn, trial_index=step.trial_index,
+                              stimulus_path=step.stimulus_path)
+        motion = self._scripted_motion(step, showing)
         presentation = self.engine.next_presentation(step.trial_index)
         self.backend.fade_to_grey(FADE_S, grey=False)
         shown_s = None
@@ -381,15 +410,20 @@ class SessionRunner:
             shown_s = self._stimulus_shown_s = self.clock.now()
             if self.sampler is not None:
                 self.sampler.start(self.clock.monotonic_ns(shown_s), step.exposure_s)
+            if self.gaze is not None:
+                self.gaze.start(self.clock.monotonic_ns(shown_s), showing)
             while (t := self.clock.now() - shown_s) < step.exposure_s:
                 self._frame(Frame(stimulus=texture, head=self._scripted_head(motion, t)))
             ended_s = self.clock.now()
+            gaze = self._gaze_samples(turn, ended_s)
             samples = self._samples(motion, turn, shown_s, ended_s, step.exposure_s)
         except (_Pause, _StopAsked, _BreakNow, _Stopped, KeyboardInterrupt) as control:
             at_s = self.clock.now()
             if shown_s is not None:
+                kept_gaze = self._gaze_samples(turn, at_s)
                 kept = self._samples(motion, turn, shown_s, at_s, step.exposure_s)
                 self.engine.record_poses(step.trial_index, kept, presentation=presentation, interrupted=True)
+                self.engine.record_gaze(step.trial_index, kept_gaze, presentation=presentation, interrupted=True)
                 what = {_Pause: "paused", _StopAsked: "Escape pressed", _BreakNow: "a break was asked for"}.get(
                     type(control), "the session stopped")
                 self.engine.flag_trial(step.trial_index, "stimulus_interrupted",
@@ -408,7 +442,9 @@ class SessionRunner:
             self._after_stimulus(texture)
             # Poses first: if the process dies before the submit, resume discards them with the exposure.
             self.engine.record_poses(step.trial_index, samples, presentation=presentation)
+            self.engine.record_gaze(step.trial_index, gaze, presentation=presentation)
             self._pose_rate(step, samples, presentation)
+            self._gaze_quality(step, gaze, presentation)
             shown_at = self.clock.utc(shown_s)
             following = self.engine.submit(step.key, None, shown_at=shown_at,
                                            answered_at=shown_at + timedelta(seconds=ended_s - shown_s))
@@ -417,6 +453,96 @@ class SessionRunner:
         finally:
             self._defer = False
         return following
+
+    # -- the eye-tracker validation ------------------------------------------------------------------------
+
+    def _validation(self, step):
+        """The validation step: instructions, the targets, the measures stored; repeated while the experimenter
+        asks for it after a "recalibrate". Without an eye tracker it is skipped, and the session says why."""
+        self._step = step
+        if self.gaze is None:
+            reason = self.backend.why_no_gaze()
+            self._record("validation_skipped", {"reason": reason}, f"validation skipped: {reason}")
+            self._validation_text = f"Validation skipped: {reason}."
+            now = self.clock.utc(self.clock.now())
+            return self.engine.submit(step.key, None, shown_at=now, answered_at=now)
+        first_shown = None
+        while True:
+            attempt = self.engine.next_validation_attempt()
+            try:
+                result, shown_s = self._validation_attempt(step, attempt)
+            except _Pause:
+                self._record("validation_interrupted", {"attempt": attempt}, f"validation {attempt} interrupted: "
+                             "it starts again after the pause")
+                self.mode = "running"
+                self._paused()
+                continue
+            except _StopAsked:
+                self.mode = "running"
+                self._ask_stop()
+                continue
+            first_shown = shown_s if first_shown is None else first_shown
+            if self._validation_decision(attempt, result) == "accept":
+                break
+        shown_at = self.clock.utc(first_shown)
+        return self.engine.submit(step.key, None, shown_at=shown_at,
+                                  answered_at=shown_at + timedelta(seconds=self.clock.now() - first_shown))
+
+    def _validation_attempt(self, step, attempt: int):
+        """One attempt: the instructions panel, then every target for ``target_s`` on grey; returns its measures
+        (stored) and when its panel appeared."""
+        spec = self.protocol.validation
+        result, shown_s, _ = self._show(content_for_step(step, self.protocol), scripted=self._scripted_events(step))
+        # the validation's frame: straight ahead is where the participant faces as the targets begin
+        if self.tracked:
+            turn = view_rotation(-yaw_pitch_roll(self.head)[0], 0.0)
+        else:
+            self.backend.reset_view(0.0, 0.0, fov_deg=self.protocol.view.fov_deg, locked=True)
+            if self.scripted_head:
+                self.head = np.eye(3)
+            turn = np.eye(3)
+        self.mode = "validating"
+        started = self.clock.now()
+        records = []
+        for index, (yaw, pitch) in enumerate(spec.targets):
+            showing = GazeShowing(self.engine.participant_code, spec.target_s, turn, attempt=attempt, target=index,
+                                  targets=spec.targets, target_s=spec.target_s)
+            direction = world_directions([yaw], [pitch], turn)[0]
+            onset = self.clock.now()
+            self.gaze.start(self.clock.monotonic_ns(onset), showing)
+            try:
+                while self.clock.now() - onset < spec.target_s:
+                    self._frame(Frame(fade=1.0, target=direction, head=self.head if self.scripted_head else None))
+            finally:
+                readings = self.gaze.stop(self.clock.monotonic_ns(self.clock.now()))
+            records += gaze_records(readings, turn, target=index)
+        self.mode = "running"
+        measured = self.engine.record_validation(attempt, records, gaze_source=self.gaze.name,
+                                                 started_at=self.clock.utc(started), ended_at=self.clock.utc(self.clock.now()))
+        return measured, shown_s
+
+    def _validation_decision(self, attempt: int, result) -> str:
+        """"accept" or "repeat": within the threshold the session goes on; above it the experimenter decides
+        (the participant sees the "please keep still" panel meanwhile)."""
+        threshold = self.protocol.validation.threshold_deg
+        text = (f"Validation {attempt}: accuracy {result.accuracy_deg:.2f}°, precision {result.precision_rms_s2s_deg:.2f}° "
+                f"RMS-S2S / {result.precision_sd_deg:.2f}° SD, data loss {result.data_loss_pct:.1f} %")
+        if threshold is None or not result.needs_recalibration(threshold):
+            self._validation_text = text + ("" if threshold is None else f": within the protocol's {threshold:g}°")
+            self._log.append(f"{datetime.now().strftime('%H:%M:%S')}  {self._validation_text}")
+            return "accept"
+        self._validation_text = f"RECALIBRATE. {text}: worse than the protocol's {threshold:g}°"
+        self._log.append(f"{datetime.now().strftime('%H:%M:%S')}  {self._validation_text}")
+        if self.console is None:
+            # nobody to ask (a scripted run): the attempt stands, marked "recalibrate" in the data
+            self._record("validation_accepted", {"attempt": attempt, "by": "no console"})
+            return "accept"
+        self.mode, self._validation_choice = "validation_result", None
+        self._message("validation_wait", until=lambda: self._validation_choice is not None)
+        self.mode = "running"
+        if self._validation_choice == "accept":
+            self._validation_text = f"Validation {attempt} kept by the experimenter (worse than {threshold:g}°). {text}"
+        return self._validation_choice
 
     def _after_stimulus(self, texture) -> None:
         # The eye buffers are grey now. A compositor's grey is drawn over everything, the panels that
@@ -454,6 +580,24 @@ class SessionRunner:
             records.append(PoseRecord(sample.t, yaw, pitch, roll, fov_h_deg=fov[0], fov_v_deg=fov[1],
                                       position=position, runtime_time_ns=sample.runtime_time_ns))
         return records
+
+    def _gaze_samples(self, turn: np.ndarray, until_s: float) -> list:
+        """The eye tracker's recording of the showing up to ``until_s``, in the stimulus frame (none without one)."""
+        if self.gaze is None:
+            return []
+        return gaze_records(self.gaze.stop(self.clock.monotonic_ns(until_s)), turn)
+
+    def _gaze_quality(self, step, records, presentation: int) -> None:
+        """A trial's gaze: the samples' rate and the share lost, as an event and on the console."""
+        if self.gaze is None:
+            return
+        valid = sum(r.valid for r in records)
+        lost = 100.0 * (1.0 - valid / len(records)) if records else 100.0
+        rate = len(records) / step.exposure_s
+        self.engine.record_event("gaze_quality", {"trial_index": step.trial_index, "presentation": presentation,
+                                                  "samples": len(records), "valid": valid, "rate_hz": round(rate, 2),
+                                                  "lost_pct": round(lost, 2), "source": self.gaze.name})
+        self._gaze_text = f"Eye tracking: {self.gaze.name}, last trial {rate:.1f} Hz, {lost:.1f} % lost"
 
     def _pose_rate(self, step, samples, presentation: int) -> None:
         rate = self.engine.pose_rate_hz
@@ -614,6 +758,10 @@ class SessionRunner:
         described = self.backend.describe()
         if described:
             self.engine.record_event("backend", {"backend": self.backend.name, **described})
+        # what the session's eye tracking is, or why there is none (then head poses are all there is)
+        self.engine.record_event("gaze", {"supported": True, **self.gaze.describe()} if self.gaze is not None else
+                                 {"supported": False, "reason": self.backend.why_no_gaze()})
+        self._log.append(f"{datetime.now().strftime('%H:%M:%S')}  {self._gaze_text}")
         self._prepare(step)
         reason = None
         try:
@@ -623,7 +771,12 @@ class SessionRunner:
                 self._ready()
             while step.kind != "done":
                 self._step, self._step_progress = step, self.engine.progress()
-                step = self._stimulus(step) if step.kind == "stimulus" else self._panel(step)
+                if step.kind == "stimulus":
+                    step = self._stimulus(step)
+                elif step.kind == "validation":
+                    step = self._validation(step)
+                else:
+                    step = self._panel(step)
                 submitted += 1
                 if on_step is not None:
                     on_step(step)
@@ -662,6 +815,8 @@ def describe_step(step) -> str:
         return f"break before trial {step.trial_index} (at least {step.min_duration_s:g} s)"
     if step.kind == "instructions":
         return "training instructions" if step.key.startswith("training") else "instructions"
+    if step.kind == "validation":
+        return "eye-tracker validation"
     return {"consent": "consent", "done": "done"}.get(step.kind, step.kind)
 
 

@@ -109,18 +109,21 @@ def _load_db(db: str):
     from study.export import (
         load_answers,
         load_flagged_trials,
+        load_gaze,
         load_participants,
         load_poses,
         load_sessions,
         load_ssq,
         load_stimuli,
+        load_validation,
     )
     from study.store import open_study
 
     with open_study(url or Path(db)) as study:
         context = StudyContext(protocol=study.protocol, participants=load_participants(study),
                                sessions=load_sessions(study), stimuli=load_stimuli(study),
-                               flagged_trials=load_flagged_trials(study), source=study.shown_url)
+                               flagged_trials=load_flagged_trials(study), gaze=load_gaze(study),
+                               validation=load_validation(study), source=study.shown_url)
         return load_answers(study), load_ssq(study), load_poses(study), context
 
 
@@ -148,8 +151,8 @@ def _load_export(folder: Path):
     protocol = (parse_protocol(protocol_file.read_text(encoding="utf-8"), source=str(protocol_file), check_files=False)
                 if protocol_file.is_file() else None)
     context = StudyContext(protocol=protocol, participants=table("participants"), sessions=table("sessions"),
-                           stimuli=table("stimuli"), flagged_trials=table("flagged_trials"),
-                           source=f"export folder {folder}")
+                           stimuli=table("stimuli"), flagged_trials=table("flagged_trials"), gaze=table("gaze"),
+                           validation=table("validation"), source=f"export folder {folder}")
     return answers, table("ssq"), table("poses"), context, root
 
 
@@ -250,8 +253,10 @@ def analyse_and_report(answers, ssq, poses, *, screening: str, out: Path, root: 
             progress.update(task, description=name)
 
         result = run_analysis(answers, ssq=ssq, poses=poses, screening=screening, context=context,
-                              exclude_flagged=exclude_flagged, progress=advance)
-        files = write_report(result, out, thumbnails=stimulus_thumbnails(result.answers, root=root), progress=advance)
+                              exclude_flagged=exclude_flagged, root=root, progress=advance)
+        images = stimulus_thumbnails(result.answers, root=root, per="stimulus") if result.gaze is not None else None
+        files = write_report(result, out, thumbnails=stimulus_thumbnails(result.answers, root=root),
+                             stimulus_images=images, progress=advance)
         progress.advance(task)
 
     for banner in result.banners:

@@ -21,10 +21,11 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", help="replay.mp4 or replay.gif; with --every, sheet.png or .jpg.")],
         gaze: Annotated[
             Optional[Path],
-            typer.Option("--gaze", help="Gaze samples (.csv/.parquet: participant, session, trial_index, t, "
-                         "yaw_deg, pitch_deg, valid) to draw over the head motion."),
+            typer.Option("--gaze", help="Gaze samples to draw instead of the study's own (.csv/.parquet: participant, "
+                         "session, trial_index, t, yaw_deg, pitch_deg, valid; session is the database id)."),
         ] = None,
-        session: Annotated[Optional[int], typer.Option("--session", help="Session id, if the trial is in several.")] = None,
+        session: Annotated[Optional[int], typer.Option(
+            "--session", help="The participant's session number (1 for the first), if the trial is in several.")] = None,
         every: Annotated[
             Optional[float], typer.Option("--every", help="Write a contact sheet of one frame every N seconds instead.")
         ] = None,

@@ -85,8 +85,8 @@ def _check_backend(backend: str, scripted, with_console: bool, fullscreen: bool 
     if fullscreen and backend != "desktop":
         raise SessionError(f"--fullscreen fills the screen with the desktop backend's window; --backend {backend} "
                            "has none, so leave --fullscreen out")
-    if backend == "none" and scripted is None:
-        raise SessionError("--backend none has nobody to answer; pass --driver FILE or --simulate SEED")
+    if backend in ("none", "headless") and scripted is None:
+        raise SessionError(f"--backend {backend} has nobody to answer; pass --driver FILE or --simulate SEED")
     if backend != "none":
         # Checked before the session and its trial order are written, so an unusable backend leaves nothing.
         try:
@@ -94,9 +94,6 @@ def _check_backend(backend: str, scripted, with_console: bool, fullscreen: bool 
         except ImportError as exc:
             raise BackendUnavailable(backend, f"the viewer cannot be loaded ({exc}); use --backend none") from None
         cls = backend_class(backend)
-        if not cls.capabilities.paced and scripted is None:
-            # nobody looks at an unpaced backend's frames, so a person cannot answer there
-            raise SessionError(f"--backend {backend} has nobody to answer; pass --driver FILE or --simulate SEED")
         reason = cls.why_not()
         if reason is not None:
             raise BackendUnavailable(backend, reason)
@@ -127,9 +124,16 @@ def _station(station: str | None) -> str:
     return host
 
 
-def _backend(backend: str, protocol, fullscreen: bool):
+def _backend(backend: str, engine, fullscreen: bool, scripted):
     from viewer.backends.base import backend_class
 
+    protocol = engine.protocol
+    if backend == "headless":
+        from panostudy.gaze_targets import synthetic_gaze, target_regions
+        from viewer.backends.headless import HeadlessBackend
+
+        # the scripted participant's eyes: the synthetic tracker, drawn towards the stimuli's masked objects
+        return HeadlessBackend(gaze=synthetic_gaze(scripted.motion_seed, engine.participant_code, target_regions(engine.db)))
     if backend == "desktop":
         from viewer.backends.desktop import DesktopBackend
 
@@ -188,7 +192,7 @@ def _drive(engine, backend: str, scripted, *, resumed: bool, station: str, fulls
         return None
     from viewer.session_runner import run_session
 
-    instance = _backend(backend, engine.protocol, fullscreen)
+    instance = _backend(backend, engine, fullscreen, scripted)
     interactive = _interactive(instance.capabilities)
     if with_console and interactive:
         console.print("the experimenter's console opens in its own window: Pause (P), Resume (R), Break now (B), "

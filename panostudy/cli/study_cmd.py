@@ -151,10 +151,14 @@ def export(
         "--poses", help="With a file --out: also write head poses to this file (those of interrupted showings marked).")] = None,
     flags: Annotated[Optional[Path], typer.Option(
         "--flags", help="With a file --out: also write the flagged trials (low pose rate, interrupted stimulus).")] = None,
+    gaze: Annotated[Optional[Path], typer.Option(
+        "--gaze", help="With a file --out: also write the eye-gaze samples of the trials (with stimulus and scene).")] = None,
     parquet: Annotated[bool, typer.Option("--parquet", help="Package: every table as Parquet too.")] = False,
     spss: Annotated[bool, typer.Option("--spss", help="Package: SPSS .sav files with the protocol's wording as labels.")] = False,
     xlsx: Annotated[bool, typer.Option("--xlsx", help="Package: one Excel workbook (every table but the poses).")] = False,
     no_poses: Annotated[bool, typer.Option("--no-poses", help="Package: leave the head-pose samples out.")] = False,
+    no_gaze: Annotated[bool, typer.Option("--no-gaze", help="Package: leave the eye-gaze samples out (the validation "
+                                          "results stay).")] = False,
     stimulus_root: Annotated[
         Optional[Path], typer.Option("--stimulus-root", help="Folder stimulus paths are made relative to (default: the "
                                      "deepest folder holding every stimulus).")
@@ -169,8 +173,10 @@ def export(
         frame_writer,
         load_answers,
         load_flagged_trials,
+        load_gaze,
         load_poses,
         load_ssq,
+        study_has_gaze,
     )
     from study.outputs import check_distinct, write_all
     from study.store import open_study
@@ -179,18 +185,19 @@ def export(
         raise PanostudyError(f"--stimulus-root {stimulus_root}: not a folder; give the folder the stimulus paths "
                              "start at, or leave it out for the deepest folder holding every stimulus")
     if not out.suffix:
-        if ssq is not None or poses is not None or flags is not None:
-            raise PanostudyError("--ssq, --poses and --flags name files for a single-file export; a package folder holds "
-                                 "them already")
+        if ssq is not None or poses is not None or flags is not None or gaze is not None:
+            raise PanostudyError("--ssq, --poses, --flags and --gaze name files for a single-file export; a package "
+                                 "folder holds them already")
         with open_study(db) as study:
             files = export_study(study, out, parquet=parquet, spss=spss, xlsx=xlsx, poses=not no_poses,
-                                 stimulus_root=stimulus_root)
+                                 gaze=not no_gaze, stimulus_root=stimulus_root)
         console.print(f"wrote {len(files)} files to {out}: " + ", ".join(sorted(files)), soft_wrap=True, highlight=False)
         return
-    if parquet or spss or xlsx or no_poses:
-        raise PanostudyError("--parquet, --spss, --xlsx and --no-poses go with a package folder --out (no suffix)")
-    outputs = [(option, path) for option, path in (("--out", out), ("--ssq", ssq), ("--poses", poses), ("--flags", flags))
-               if path is not None]
+    if parquet or spss or xlsx or no_poses or no_gaze:
+        raise PanostudyError("--parquet, --spss, --xlsx, --no-poses and --no-gaze go with a package folder --out (no "
+                             "suffix)")
+    outputs = [(option, path) for option, path in (("--out", out), ("--ssq", ssq), ("--poses", poses), ("--flags", flags),
+                                                   ("--gaze", gaze)) if path is not None]
     suffixes = {option: check_output_path(path, option) for option, path in outputs}
     codebooks = [(option, path.with_name(path.stem + ".codebook.md")) for option, path in outputs]
     check_distinct(outputs + codebooks)
@@ -202,6 +209,13 @@ def export(
             frames.append(("poses", "--poses", poses, load_poses(study, stimulus_root=stimulus_root, interrupted=True)))
         if flags is not None:
             frames.append(("flagged_trials", "--flags", flags, load_flagged_trials(study)))
+        if gaze is not None:
+            if not study_has_gaze(study):
+                raise PanostudyError(
+                    f"--gaze {gaze}: no session of study {study.protocol.name} recorded eye gaze (no eye tracker, or "
+                    "the runtime reported no eye-gaze support; the sessions' 'gaze' events say which); leave --gaze out"
+                )
+            frames.append(("gaze", "--gaze", gaze, load_gaze(study, stimulus_root=stimulus_root, interrupted=True)))
     # All files or none: a failure writing the last one leaves the earlier ones unwritten too.
     writes = []
     for table, option, path, frame in frames:

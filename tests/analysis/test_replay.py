@@ -164,3 +164,29 @@ def test_the_replay_command(study, tmp_path):
     refused = runner.invoke(app, ["replay", "--db", str(path), "--participant", "P01", "--trial", "3",
                                   "--out", str(tmp_path / "g.mp4"), "--gaze", str(bad_gaze)])
     assert refused.exit_code == 2 and "lacks the columns ['session', 'trial_index', 'yaw_deg'" in refused.output
+
+
+def test_session_is_the_participants_session_number_not_the_database_id(tmp_path):
+    from _studykit import protocol_toml, write_panorama, write_stimuli
+
+    from study.store import add_participant, create_study, import_stimuli
+
+    write_panorama(tmp_path / "train.png", seed=99)
+    protocol = tmp_path / "days.toml"
+    protocol.write_text(protocol_toml(exposure_s=1.0) + '\n[[sessions]]\nscenes = ["street", "indoor"]\n\n[[sessions]]\n'
+                        'scenes = ["street", "indoor"]\ntraining = false\n', encoding="utf-8")
+    db = create_study(tmp_path / "study.sqlite", protocol)
+    import_stimuli(db, write_stimuli(tmp_path / "stimuli", per_scene=4))
+    for code in ("P01", "P02"):
+        add_participant(db, code)
+    # database ids 1 (P01's first), 2 (P02's first), 3 (P01's second)
+    for code in ("P01", "P02", "P01"):
+        ScriptedDriver(RaterModel(5), motion_seed=2).run(SessionEngine.start(db, code))
+    second = [t for t in SessionEngine.load(db, "P01", 2).trials if t.index == 1][0]
+    db.close()
+    with pytest.raises(AnalysisError, match="has a trial 1 in sessions 1, 2; choose one with --session"):
+        load_replay_trial(tmp_path / "study.sqlite", "P01", 1)
+    trial = load_replay_trial(tmp_path / "study.sqlite", "P01", 1, session=2)
+    assert trial.session == 2 and trial.stimulus == second.stimulus_path
+    with pytest.raises(AnalysisError, match=r"P01 has no session 3 with recorded trials \(their sessions: 1, 2\)"):
+        load_replay_trial(tmp_path / "study.sqlite", "P01", 1, session=3)

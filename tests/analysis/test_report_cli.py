@@ -50,7 +50,7 @@ def test_no_pose_data_gives_a_note():
 def test_failed_report_leaves_previous_report_untouched(written, tmp_path, monkeypatch):
     result = written[0]
     # Figures are not what this test is about; a stand-in keeps it fast.
-    monkeypatch.setattr(report_module, "_figures", lambda analysis, thumbnails: dict.fromkeys(
+    monkeypatch.setattr(report_module, "_figures", lambda analysis, thumbnails, images=None: dict.fromkeys(
         ("mos", "distributions", "bias", "heatmaps", "ssq", "sos"), b"\x89PNG\r\n\x1a\n"))
     out = tmp_path / "report"
     write_report(result, out)

@@ -194,7 +194,7 @@ def test_an_interrupted_run_exits_3_with_the_resume_command_and_migrate_says_wha
     result = invoke("session", "run", "--db", study, "--participant", "P01", "--backend", "headless", "--simulate", 1)
     assert result.exit_code == 3, result.output
     assert f"resume it with: panostudy session resume --db {study} --participant P01 --backend headless" in result.output
-    one_line_error(invoke("study", "migrate", "--db", study), "already at schema version 2")
+    one_line_error(invoke("study", "migrate", "--db", study), f"already at schema version {SCHEMA_VERSION}")
 
     def withdrawn(engine, backend, **options):   # the experimenter aborted: withdrawn
         engine.withdraw("felt dizzy")

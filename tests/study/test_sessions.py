@@ -240,6 +240,8 @@ def test_station_names_are_checked_before_anything_is_written(study_db):
 
 
 SCHEMA1 = Path(__file__).with_name("data") / "schema1_study.sql"
+#: The tables schema version 3 added, empty after a migration.
+GAZE_TABLES = {"gaze_sample": 0, "validation_run": 0, "validation_target": 0, "validation_sample": 0}
 
 
 def schema1_database(folder: Path) -> Path:
@@ -252,14 +254,14 @@ def schema1_database(folder: Path) -> Path:
 
 def test_a_schema1_database_is_refused_with_the_way_out_then_migrated(tmp_path):
     path = schema1_database(tmp_path)
-    with pytest.raises(StoreError, match=r"schema_info.version is 1, this panostudy reads version 2; run "
+    with pytest.raises(StoreError, match=rf"schema_info.version is 1, this panostudy reads version {SCHEMA_VERSION}; run "
                                          r"'panostudy study migrate --db .*old.sqlite' once"):
         open_study(path)
     before = {t: n for t, n in _counts(path).items()}
     old, backup = migrate_study(path)
     assert (old, backup) == (1, tmp_path / "old.sqlite.schema1.bak") and backup.is_file()
     assert _counts(backup) == before and _version(backup) == 1
-    assert _counts(path) == before and _version(path) == SCHEMA_VERSION
+    assert _counts(path) == {**before, **GAZE_TABLES} and _version(path) == SCHEMA_VERSION
     with open_study(path) as db:
         with db.Session() as session:
             rows = session.execute(sa.select(StudySession.number, StudySession.status, StudySession.station)
@@ -273,7 +275,7 @@ def test_a_schema1_database_is_refused_with_the_way_out_then_migrated(tmp_path):
         run_all(SessionEngine.start(db, "P03"))
         with pytest.raises(SessionError, match="has done all 1 session"):
             SessionEngine.start(db, "P01")
-    with pytest.raises(StoreError, match="already at schema version 2; nothing to migrate"):
+    with pytest.raises(StoreError, match=f"already at schema version {SCHEMA_VERSION}; nothing to migrate"):
         migrate_study(path)
 
 
@@ -348,12 +350,12 @@ def test_a_schema1_database_on_postgresql_is_refused_then_migrated(tmp_path, pos
     before, version, columns, constraints = _server_state(url)
     assert version == 1 and "number" not in columns and "UNIQUE (participant_id)" in constraints
     assert [c for c in constraints if c.startswith("CHECK")] and not any("declined" in c for c in constraints)
-    with pytest.raises(StoreError, match=r"schema_info.version is 1, this panostudy reads version 2; run "
+    with pytest.raises(StoreError, match=rf"schema_info.version is 1, this panostudy reads version {SCHEMA_VERSION}; run "
                                          r"'panostudy study migrate --db postgresql\+psycopg://.*' once"):
         open_study(url)
     assert migrate_study(url) == (1, None)           # a server database: its backups are the server's
     after, version, columns, constraints = _server_state(url)
-    assert after == before and version == SCHEMA_VERSION and {"number", "station"} <= set(columns)
+    assert after == {**before, **GAZE_TABLES} and version == SCHEMA_VERSION and {"number", "station"} <= set(columns)
     assert "UNIQUE (participant_id)" not in constraints and "UNIQUE (participant_id, number)" in constraints
     assert any("declined" in c for c in constraints)
     with open_study(url) as db:                       # every table and column of version 2 is there
@@ -370,7 +372,7 @@ def test_a_schema1_database_on_postgresql_is_refused_then_migrated(tmp_path, pos
             SessionEngine.start(db, "P01")
         types = {c["name"]: c["type"] for c in sa.inspect(db.engine).get_columns("pose_sample")}
         assert isinstance(types["runtime_time_ns"], sa.BigInteger) and isinstance(types["interrupted"], sa.Boolean)
-    with pytest.raises(StoreError, match="already at schema version 2; nothing to migrate"):
+    with pytest.raises(StoreError, match=f"already at schema version {SCHEMA_VERSION}; nothing to migrate"):
         migrate_study(url)
 
 

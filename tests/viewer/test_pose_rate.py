@@ -206,7 +206,7 @@ def test_pause_break_and_abort_from_the_console(quick_study):
         summary = runner.run()
     assert summary.interrupted == "fire alarm" and summary.status == "running"
     assert not console.plan
-    kinds = [k for k in _kinds(quick_study) if k not in ("frame_timing", "pose_rate", "planned")]
+    kinds = [k for k in _kinds(quick_study) if k not in ("frame_timing", "pose_rate", "planned", "gaze")]
     assert kinds[:4] == ["console", "trial_flag", "paused", "console"]
     assert "break_requested" in kinds and kinds[-2:] == ["console", "interrupted"]
     flags = load_flagged_trials(quick_study)

@@ -78,8 +78,17 @@ class Monado:
         self.process = None
 
 
-def make_xr_study(folder: Path):
-    """The tiny study (1 s exposures, 10 Hz poses, breaks of 0.5 s) and an answer file for every step.
+#: The eye-tracker validation step the gaze test adds to the tiny protocol.
+VALIDATION_TOML = """
+[validation]
+spread_deg = 15.0
+threshold_deg = 1.5
+"""
+
+
+def make_xr_study(folder: Path, *, validation: bool = False):
+    """The tiny study (1 s exposures, 10 Hz poses, breaks of 0.5 s) and an answer file for every step;
+    ``validation`` adds the protocol's eye-tracker validation step.
 
     The answers are the seeded rater model's; the file is made on a throwaway copy of the same study,
     whose plan is the same because it comes from the protocol's seed and the participant's code.
@@ -94,8 +103,8 @@ def make_xr_study(folder: Path):
         where.mkdir(parents=True, exist_ok=True)
         write_panorama(where / "train.png", seed=99)
         protocol = where / "tiny.toml"
-        protocol.write_text(protocol_toml(exposure_s=1.0).replace("min_duration_s = 30.0", "min_duration_s = 0.5"),
-                            encoding="utf-8")
+        text = protocol_toml(exposure_s=1.0).replace("min_duration_s = 30.0", "min_duration_s = 0.5")
+        protocol.write_text(text + (VALIDATION_TOML if validation else ""), encoding="utf-8")
         db = create_study(where / "study.sqlite", protocol)
         import_stimuli(db, write_stimuli(where / "stimuli"))
         add_participant(db, "P01")

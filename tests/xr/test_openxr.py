@@ -300,6 +300,59 @@ def test_the_console_sees_and_controls_an_openxr_session_and_mirrors_its_left_ey
         db.close()
 
 
+class _Watcher:
+    """Stands in for the console window: sends nothing, records every status the session sends."""
+
+    def __init__(self):
+        self.mirror = None
+        self.statuses = []
+
+    def commands(self):
+        return []
+
+    def send(self, status, force=False):
+        self.statuses.append(status)
+
+
+@xr_runtime
+def test_monado_reports_eye_gaze_unsupported_so_the_session_says_so_and_goes_on_with_head_poses(monado, tmp_path):
+    from study.driver import ReplayAnswers, ScriptedDriver
+    from study.engine import SessionEngine
+    from study.export import load_gaze, load_validation
+    from viewer.backends.openxr import OpenXRBackend
+    from viewer.session_runner import SessionRunner
+
+    db, answers_file, expected = make_xr_study(tmp_path, validation=True)
+    console = _Watcher()
+    try:
+        engine = SessionEngine.start(db, "P01")
+        backend = OpenXRBackend()
+        with backend:
+            # Monado offers XR_EXT_eye_gaze_interaction, but its simulated headset has no eyes
+            assert backend.gaze_source() is None
+            reason = backend.why_no_gaze()
+            assert "supportsEyeGazeInteraction is false" in reason
+            runner = SessionRunner(engine, backend, driver=ScriptedDriver(ReplayAnswers.from_file(answers_file)),
+                                   frame_hz=30.0, preload=2, console=console, station="xr-test")
+            summary = runner.run()
+        assert summary.completed
+        study = tmp_path / "study" / "study.sqlite"
+        # the session recorded why it has no eye gaze, skipped the validation, and went on with head poses only
+        assert [json.loads(d) for d in _events(study, "gaze")] == [{"supported": False, "reason": reason}]
+        assert [json.loads(d) for d in _events(study, "validation_skipped")] == [{"reason": reason,
+                                                                                  "at_step": "validation"}]
+        assert load_gaze(db).empty and load_validation(db).empty and _count(study, "gaze_sample") == 0
+        poses = load_poses(db)
+        assert sorted(poses.trial_index.unique()) == list(range(5)) and poses.runtime_time_ns.notna().all()
+        assert len(load_answers(db)) == sum(k.startswith("trial/") for k in expected)
+        # the console showed it from the first status on
+        assert all(s["gaze_text"] == f"Eye tracking: not available ({reason}): head pose only" for s in console.statuses)
+        assert console.statuses[-1]["validation_text"] == f"Validation skipped: {reason}."
+        assert any(reason in line for line in console.statuses[-1]["log"])
+    finally:
+        db.close()
+
+
 @xr_runtime
 def test_killing_the_runtime_interrupts_with_one_line_and_resume_completes(monado, tmp_path):
     db, answers_file, expected = make_xr_study(tmp_path)

@@ -5,7 +5,7 @@ with the shared :class:`viewer.renderer.Renderer`. Each backend is one module th
 third-party library (moderngl, glfw, openvr, pyopenxr) inside its methods, so importing :mod:`viewer`
 never needs a display, SteamVR or an OpenXR runtime.
 
-Three small seams serve the session around the frames:
+Four small seams serve the session around the frames:
 
 * **Poses on time.** :meth:`Backend.head_at` gives the head at a given ``time.monotonic_ns()`` value; the
   session's pose sampler calls it from its own thread at exactly the protocol's rate, whatever the frame
@@ -16,6 +16,9 @@ Three small seams serve the session around the frames:
   complete (before a buffer swap); the runner attaches :attr:`Backend.mirror` only while the console asks
   for it, so it costs nothing otherwise. :meth:`Backend.dropped_frames` is the compositor's running count
   the console shows.
+* **Eye gaze.** :meth:`Backend.gaze_source` is the backend's eye tracker, if it has one (``viewer.gaze``); the
+  session records while a stimulus or a validation target is shown, and says :meth:`Backend.why_no_gaze`
+  when there is none.
 * **A runtime that goes away** (headset lost, runtime exiting) is reported by :meth:`Backend.poll_input`
   as ``InputEvent("quit", key="<one-line reason>")``: the run stops at once as interrupted (resumable).
   Escape (``InputEvent("key", "escape")``) asks the participant's window for confirmation first.
@@ -102,13 +105,15 @@ class MirrorSink(Protocol):
 
 @dataclass(frozen=True)
 class Frame:
-    """What to draw: a stimulus texture (None for grey), the fade towards grey, the panel, and for
-    backends without a tracker, the head orientation to draw from."""
+    """What to draw: a stimulus texture (None for grey), the fade towards grey, the panel, for backends
+    without a tracker the head orientation to draw from, and a validation target on the grey (its unit
+    direction in the world frame)."""
 
     stimulus: object | None = None
     fade: float = 0.0
     panel: PanelQuad | None = None
     head: np.ndarray | None = None
+    target: np.ndarray | None = None
 
 
 class Backend(ABC):
@@ -180,6 +185,14 @@ class Backend(ABC):
     def describe(self) -> dict[str, object]:
         """What the session should record about this backend once open (runtime, extensions, ...)."""
         return {}
+
+    def gaze_source(self):
+        """The eye tracker once open (a ``viewer.gaze.GazeSource``), or None; then :meth:`why_no_gaze` says why."""
+        return None
+
+    def why_no_gaze(self) -> str:
+        """Why :meth:`gaze_source` is None, in a few words for the data and the experimenter's console."""
+        return f"the {self.name} backend has no eye tracker"
 
     @abstractmethod
     def close(self) -> None:

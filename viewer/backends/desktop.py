@@ -213,7 +213,8 @@ class DesktopBackend(Backend):
         head = frame.head if frame.head is not None else view_rotation(self.yaw, self.pitch)
         screen = self.ctx.detect_framebuffer()
         eye = EyeView(self._tangents(), head, np.zeros(3))
-        self.renderer.draw_eye(screen, eye, stimulus=frame.stimulus, fade=frame.fade, panel=frame.panel)
+        self.renderer.draw_eye(screen, eye, stimulus=frame.stimulus, fade=frame.fade, panel=frame.panel,
+                               target=frame.target)
         self.capture_mirror(screen)
         glfw.swap_buffers(self.window)
         return None

@@ -2,7 +2,8 @@
 
 Used by the tests, the scripted sessions and ``panostudy view --backend headless``. The head
 orientation is whatever the caller puts in :attr:`Frame.head` (a scripted driver), input events are
-queued with :meth:`HeadlessBackend.push`.
+queued with :meth:`HeadlessBackend.push`; its eye tracker, if any, is the one it is given (the synthetic
+one of ``viewer.gaze`` in the demo and ``session run --backend headless``).
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ class HeadlessBackend(Backend):
         Read eye images back into arrays in :meth:`draw`.
     downscale : bool
         See :class:`viewer.renderer.Renderer`.
+    gaze : viewer.gaze.GazeSource, optional
+        The eye tracker of the scripted participant (``viewer.gaze.SyntheticGaze``).
     """
 
     name = "headless"
     capabilities = Capabilities(stereo=False, head_tracking=False, pointer=False, returns_pixels=True, paced=False)
 
     def __init__(self, width: int = 256, height: int = 256, *, fov_deg: float | tuple[float, float] = 90.0, eyes: int = 1,
-                 read_pixels: bool = True, downscale: bool = False):
+                 read_pixels: bool = True, downscale: bool = False, gaze=None):
         if eyes not in (1, 2):
             raise ValueError(f"eyes={eyes}: expected 1 or 2")
         self.width, self.height, self.eyes = width, height, eyes
@@ -48,6 +51,13 @@ class HeadlessBackend(Backend):
         self._fbos: list = []
         self._queue: list[InputEvent] = []
         self._head = np.eye(3)
+        self.gaze = gaze
+
+    def gaze_source(self):
+        return self.gaze
+
+    def why_no_gaze(self) -> str:
+        return "the headless backend was given no eye tracker"
 
     def _tangents(self, fov_deg: float | tuple[float, float]) -> Tangents:
         if not isinstance(fov_deg, (int, float)):
@@ -95,7 +105,8 @@ class HeadlessBackend(Backend):
         eye = EyeView(self.tangents, self._head, np.zeros(3))
         images = []
         for fbo in self._fbos:
-            self.renderer.draw_eye(fbo, eye, stimulus=frame.stimulus, fade=frame.fade, panel=frame.panel)
+            self.renderer.draw_eye(fbo, eye, stimulus=frame.stimulus, fade=frame.fade, panel=frame.panel,
+                                   target=frame.target)
         self.capture_mirror(self._fbos[0])
         if not self.read_pixels:
             finish(self.ctx)

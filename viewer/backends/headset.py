@@ -96,7 +96,8 @@ class HeadsetBackend(Backend):
         """Draws ``frame`` for one eye into ``fbo``; the left eye (index 0) goes to the console's mirror
         while ``fbo`` is still ours (before a submit or a swapchain release hands it to the runtime)."""
         self.ctx.disable_direct(GL_FRAMEBUFFER_SRGB)
-        self.renderer.draw_eye(fbo, eye, stimulus=frame.stimulus, fade=frame.fade, panel=frame.panel)
+        self.renderer.draw_eye(fbo, eye, stimulus=frame.stimulus, fade=frame.fade, panel=frame.panel,
+                               target=frame.target)
         if index == 0:
             self.capture_mirror(fbo)
 

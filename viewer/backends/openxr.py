@@ -8,7 +8,9 @@ HTC Vive controller and the Khronos simple controller: the aim pose is the panel
 (select) chooses, a haptic pulse acknowledges. OpenXR has no compositor fade: the renderer's fade is
 all there is. Head poses for the sampler come from ``xrLocateSpace`` at the runtime time of the
 sample (``XR_KHR_convert_timespec_time`` on Linux, ``XR_KHR_win32_convert_performance_counter_time``
-on Windows).
+on Windows). Where the system supports ``XR_EXT_eye_gaze_interaction``, :class:`EyeGaze` is the session's
+eye tracker; elsewhere (Monado's simulated headset) :meth:`OpenXRBackend.why_no_gaze` says so and the
+session records head poses only.
 
 The experimenter's console and its mirror work as in every headset backend (:mod:`viewer.backends.headset`):
 the left eye goes to the mirror before its swapchain image is released to the runtime, and
@@ -39,6 +41,7 @@ from study.errors import BackendUnavailable
 from viewer.backends.base import Frame, FrameInput, HeadSample, InputEvent
 from viewer.backends.headset import HeadsetBackend, PressEdge, laser_ray
 from viewer.camera import tangents_from_fov
+from viewer.gaze import GazeReading, GazeSampler, GazeShowing, GazeSource
 from viewer.renderer import EyeView
 
 #: 8-bit sRGB colour formats, preferred in this order (SteamVR on Linux offers only these for OpenGL).
@@ -50,6 +53,12 @@ BINDINGS = {
     "/interaction_profiles/khr/simple_controller": ("input/select/click", "input/aim/pose", "output/haptic"),
 }
 HANDS = ("right", "left")
+#: XR_EXT_eye_gaze_interaction's profile and the one gaze pose it has (the combined "cyclops" gaze).
+EYE_GAZE_PROFILE = "/interaction_profiles/ext/eye_gaze_interaction"
+EYE_GAZE_POSE = "/user/eyes_ext/input/gaze_ext/pose"
+#: The gaze pose is located at twice the tracker's rate and kept once per tracker sample time, so no
+#: tracker sample falls between two locates.
+GAZE_OVERSAMPLING = 2
 #: Seconds open() waits for the runtime to make the session READY.
 READY_TIMEOUT_S = 10.0
 #: The haptic tick on a choice.
@@ -121,6 +130,135 @@ def _failure_reason(error: Exception, loader_log: str) -> str:
     return f"OpenXR failed with {name}: {detail}"
 
 
+@dataclasses.dataclass(frozen=True)
+class _GazeAt:
+    """The gaze pose as located for one due time: its sample's own runtime time, direction, validity."""
+
+    runtime_time_ns: int
+    direction: np.ndarray | None
+    valid: bool
+
+
+class EyeGaze(GazeSource):
+    """``XR_EXT_eye_gaze_interaction``: the gaze pose of ``/user/eyes_ext/input/gaze_ext/pose``.
+
+    Made by the backend only where the system's ``supportsEyeGazeInteraction`` is true (the spec requires a
+    runtime to accept the binding even without an eye tracker). :meth:`suggest` adds the pose action and its
+    binding before the action set is attached, :meth:`attach` makes its action space; :meth:`sync` runs on the
+    render thread after ``xrSyncActions`` (``isActive`` of the pose, and the gaze at the frame's display
+    time); :meth:`locate` runs on the :class:`~viewer.gaze.GazeSampler` thread, at
+    :data:`GAZE_OVERSAMPLING` × the tracker's rate, and reads each sample's own time from
+    ``XrEyeGazeSampleTimeEXT``. A recording keeps each tracker sample once, at its own time.
+
+    Parameters
+    ----------
+    xr : module
+        pyopenxr (a test passes a stand-in).
+    runtime_time : callable
+        ``runtime_time(monotonic_ns) -> XrTime`` (the backend's clock conversion).
+    lock : threading.Lock
+        Held around every locate (the backend's lock: closing waits for it).
+    lost : callable
+        ``lost(error, call)``: the runtime went away during ``call``.
+    """
+
+    name = "openxr"
+
+    def __init__(self, xr, *, runtime_time, lock, lost):
+        self._xr = xr
+        self._runtime_time = runtime_time
+        self._lock = lock
+        self._lost = lost
+        self.action = None
+        self.space = None
+        self.world_space = None
+        self.active = False
+        self.at_display: _GazeAt | None = None
+        self._sampler: GazeSampler | None = None
+        self._onset_runtime_ns = 0
+        self._duration_s = 0.0
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "extension": EYE_GAZE, "binding": f"{EYE_GAZE_PROFILE} {EYE_GAZE_POSE}",
+                "located_hz": GAZE_OVERSAMPLING * self.rate_hz}
+
+    def suggest(self, instance, action_set) -> None:
+        """Creates the gaze pose action in ``action_set`` and suggests its binding (before the set is attached)."""
+        xr = self._xr
+        self.action = xr.create_action(action_set, xr.ActionCreateInfo(
+            action_name="gaze", action_type=xr.ActionType.POSE_INPUT, localized_action_name="gaze"))
+        xr.suggest_interaction_profile_bindings(instance, xr.InteractionProfileSuggestedBinding(
+            interaction_profile=xr.string_to_path(instance, EYE_GAZE_PROFILE),
+            suggested_bindings=[xr.ActionSuggestedBinding(self.action, xr.string_to_path(instance, EYE_GAZE_POSE))]))
+
+    def attach(self, session, world_space):
+        """Makes the gaze pose's action space once the action set is attached; returns it (the backend destroys it)."""
+        xr = self._xr
+        self.session, self.world_space = session, world_space
+        self.space = xr.create_action_space(session, xr.ActionSpaceCreateInfo(action=self.action))
+        return self.space
+
+    def sync(self, display_time_ns: int) -> None:
+        """After ``xrSyncActions``: whether the runtime has the eyes, and the gaze at the frame's display time."""
+        xr = self._xr
+        state = xr.get_action_state_pose(self.session, xr.ActionStateGetInfo(action=self.action))
+        self.active = bool(state.is_active)
+        self.at_display = self._locate_runtime(display_time_ns)
+
+    def _locate_runtime(self, runtime_ns: int) -> _GazeAt:
+        xr = self._xr
+        sample_time = xr.EyeGazeSampleTimeEXT()
+        location = xr.SpaceLocation(next=ctypes.cast(ctypes.pointer(sample_time), ctypes.c_void_p))
+        result = xr.check_result(xr.Result(xr.raw_functions.xrLocateSpace(
+            self.space, self.world_space, runtime_ns, ctypes.byref(location))))
+        if result.is_exception():
+            raise result
+        flags = int(location.location_flags)
+        valid = self.active and bool(flags & xr.SPACE_LOCATION_ORIENTATION_VALID_BIT) and bool(
+            flags & xr.SPACE_LOCATION_ORIENTATION_TRACKED_BIT)
+        # the pose looks down its own -z axis, like every OpenXR pose
+        direction = _rotation(location.pose.orientation)[:, 2] * -1.0 if valid else None
+        stamp = int(sample_time.time) if valid and sample_time.time else runtime_ns
+        return _GazeAt(stamp, direction, valid)
+
+    def locate(self, monotonic_ns: int) -> _GazeAt | None:
+        """The gaze for the sampler's due time (its sample's own time may be earlier); None once the runtime is gone."""
+        xr = self._xr
+        with self._lock:
+            if self.space is None:
+                return None
+            try:
+                return self._locate_runtime(self._runtime_time(monotonic_ns))
+            except xr.XrException as error:
+                self._lost(error, "xrLocateSpace (eye gaze)")
+                return None
+
+    def start(self, onset_ns: int, showing: GazeShowing) -> None:
+        self._onset_runtime_ns = self._runtime_time(onset_ns)
+        self._duration_s = showing.duration_s
+        self._sampler = GazeSampler(GAZE_OVERSAMPLING * self.rate_hz, self.locate)
+        self._sampler.start(onset_ns, showing.duration_s)
+
+    def stop(self, at_ns: int) -> list[GazeReading]:
+        if self._sampler is None:
+            return []
+        located, self._sampler = self._sampler.stop(at_ns), None
+        end_s = min((self._runtime_time(at_ns) - self._onset_runtime_ns) / 1e9, self._duration_s)
+        readings, seen, last_t = [], set(), -1.0
+        for at in located:
+            t = (at.runtime_time_ns - self._onset_runtime_ns) / 1e9
+            # the tracker's last sample before the onset is not of this showing; a sample located twice counts once
+            if t < 0 or t >= end_s or at.runtime_time_ns in seen:
+                continue
+            # a lost eye has no sample time: one invalid reading per tracker period, so data loss is not doubled
+            if not at.valid and t - last_t < 0.75 / self.rate_hz:
+                continue
+            seen.add(at.runtime_time_ns)
+            last_t = t
+            readings.append(GazeReading(t, at.direction, at.valid, at.runtime_time_ns))
+        return sorted(readings, key=lambda reading: reading.t)
+
+
 class _CurrentGLFW:
     """What pyopenxr's graphics bindings ask of a context: make it current."""
 
@@ -176,6 +314,7 @@ class OpenXRBackend(HeadsetBackend):
         self._stats = dict.fromkeys(("runtime_frames", "runtime_missed", "runtime_not_rendered"), 0)
         self._missed_since_open = 0
         self._last_display_ns: int | None = None
+        self._eye_gaze: EyeGaze | None = None
         #: The views of the last drawn frame: world-from-eye rotation, position (m) and the XrFovf angles.
         self.last_views: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]] = []
 
@@ -346,7 +485,13 @@ class OpenXRBackend(HeadsetBackend):
             xr.suggest_interaction_profile_bindings(self.instance, xr.InteractionProfileSuggestedBinding(
                 interaction_profile=path(profile), suggested_bindings=suggested))
             accepted.append(profile)
+        if self._info.get("eye_gaze_supported"):
+            self._eye_gaze = EyeGaze(xr, runtime_time=self.runtime_time, lock=self._lock, lost=self._lost_by)
+            self._eye_gaze.suggest(self.instance, self._action_set)
+            accepted.append(EYE_GAZE_PROFILE)
         xr.attach_session_action_sets(self.session, xr.SessionActionSetsAttachInfo(action_sets=[self._action_set]))
+        if self._eye_gaze is not None:
+            self._spaces.append(self._eye_gaze.attach(self.session, self.world_space))
         self._aim_spaces = {}
         for hand, hand_path in self._hand_paths.items():
             space = xr.create_action_space(self.session, xr.ActionSpaceCreateInfo(action=self._aim, subaction_path=hand_path))
@@ -467,6 +612,8 @@ class OpenXRBackend(HeadsetBackend):
             if click is not None:
                 self._pointer_hand = hand
                 events.append(click)
+        if self._eye_gaze is not None:
+            self._eye_gaze.sync(time_ns)
         return rays.get(self._pointer_hand) or next(iter(rays.values()), None)
 
     def draw(self, frame: Frame) -> list[np.ndarray] | None:
@@ -531,6 +678,16 @@ class OpenXRBackend(HeadsetBackend):
     def describe(self) -> dict[str, object]:
         return dict(self._info)
 
+    def gaze_source(self) -> EyeGaze | None:
+        return self._eye_gaze
+
+    def why_no_gaze(self) -> str:
+        offered = self._info.get("extensions_offered", {}).get(EYE_GAZE)
+        if not offered:
+            return f"the OpenXR runtime does not offer {EYE_GAZE}"
+        system = self._info.get("system", "the headset")
+        return f"{system} reports no eye-gaze support (supportsEyeGazeInteraction is false)"
+
     def runtime_time(self, monotonic_ns: int) -> int | None:
         """The runtime's ``XrTime`` of a ``time.monotonic_ns()`` instant, or None without a clock extension."""
         xr = self._xr
@@ -585,6 +742,8 @@ class OpenXRBackend(HeadsetBackend):
                     with contextlib.suppress(xr.XrException):
                         xr.destroy_instance(self.instance)
             self._swapchains, self._spaces = [], []
+            if self._eye_gaze is not None:
+                self._eye_gaze.space = None
             self._action_set = self.session = self.instance = None
             self._xr = None
 

@@ -1,5 +1,8 @@
 """Eye-tracker validation: accuracy, precision and data loss per target and overall (vexptoolbox's measures).
 
+The session computes them as soon as a validation ends (the console says "recalibrate" from them), so they
+live beside the target lists in ``study/``; the report reads the stored results.
+
 For each target the samples of its first ``discard_s`` seconds (the eye finding it) are dropped. Then, over
 the valid samples :math:`\\mathbf{g}_i` of that target at direction :math:`\\mathbf{t}`:
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.gaze_validation import PER_TARGET_COLUMNS, validation_metrics
 from study.errors import AnalysisError, ProtocolError
+from study.gaze_validation import PER_TARGET_COLUMNS, validation_metrics
 from study.scanpath import TrackerModel, validation_gaze
 from study.validation_targets import grid_targets
 

@@ -860,13 +860,13 @@ def migrate_study(db: str | Path) -> tuple[int, Path | None]:
     -------
     (int, Path or None)
         The version the database had, and the backup file (None for a server database: back it up with
-        its own tools first).
+        its own tools first, and None when the database is current already: then nothing is touched).
 
     Raises
     ------
     StoreError
-        If there is no panostudy database there, it is current already, of a version this panostudy
-        cannot migrate, or the migration fails.
+        If there is no panostudy database there, it is of a version this panostudy cannot migrate, or
+        the migration fails.
     """
     url, path, checker = _probe(db)
     name = shown(url)
@@ -880,7 +880,7 @@ def migrate_study(db: str | Path) -> tuple[int, Path | None]:
     finally:
         checker.dispose()
     if original == SCHEMA_VERSION:
-        raise StoreError(f"{name}: already at schema version {SCHEMA_VERSION}; nothing to migrate")
+        return original, None
     if original not in MIGRATIONS:
         raise StoreError(f"{name}: schema_info.version is {original}; this panostudy migrates versions "
                          f"{', '.join(map(str, MIGRATIONS))} to {SCHEMA_VERSION} only")

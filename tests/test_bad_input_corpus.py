@@ -505,10 +505,9 @@ CASES += [
          protocol_add('[[sessions]]\nscenes = ["street"]')),
     Case("sessions-empty", (*INIT, "{tmp}/bad.toml"), ("sessions", "is empty"), protocol_add("sessions = []")),
     # -- study migrate ------------------------------------------------------------------------------------------
-    Case("migrate-current", (*MIGRATE, "{db}"), ("already at schema version 2", "nothing to migrate")),
     Case("migrate-foreign", (*MIGRATE, "{tmp}/theirs.db"), ("theirs.db", "not a panostudy study database"), foreign_db),
     Case("migrate-absent", (*MIGRATE, "{tmp}/none.sqlite"), ("none.sqlite", "no study database there")),
-    Case("migrate-newer", (*MIGRATE, "{db}"), ("schema_info.version is 99", "migrates versions 1 to 2 only"),
+    Case("migrate-newer", (*MIGRATE, "{db}"), ("schema_info.version is 99", "migrates versions 1, 2 to 3 only"),
          study_change("UPDATE schema_info SET version = 99")),
     Case("migrate-backup-in-the-way", (*MIGRATE, "{tmp}/old.sqlite"), ("old.sqlite.schema1.bak", "move it away first"),
          both(schema1("old.sqlite"), write("old.sqlite.schema1.bak", b"an earlier backup"))),

@@ -89,6 +89,10 @@ def migrate(db: DbOption) -> None:
     from study.store import migrate_study
 
     old, backup = migrate_study(db)
+    if old == SCHEMA_VERSION:
+        console.print(f"{shown(database_url(db))} is at schema version {SCHEMA_VERSION} already; nothing to migrate",
+                      soft_wrap=True)
+        return
     kept = f"; the version-{old} file is kept as {backup}" if backup is not None else ""
     console.print(f"migrated {shown(database_url(db))} from schema version {old} to {SCHEMA_VERSION}{kept}", soft_wrap=True)
 

@@ -78,6 +78,8 @@ DEFAULT_CAPTIONS: dict[str, str] = {
     "agree": "I agree",
     "decline": "I do not agree",
     "finish": "Finish",
+    "declined": "Thank you. You chose not to take part, and nothing more will be asked. The experimenter will help "
+                "you take off the headset.",
     "stop_question": "Stop the session now? You can continue it later.",
     "stop": "Stop",
     "go_on": "Go on",

@@ -19,6 +19,7 @@ Closing the window asks whether to stop the session (it can be resumed).
 
 from __future__ import annotations
 
+import multiprocessing
 import queue
 import tkinter as tk
 from multiprocessing.shared_memory import SharedMemory
@@ -27,6 +28,9 @@ from tkinter import messagebox, ttk
 from viewer.console_link import read_mirror
 
 _POLL_MS = 100
+#: The mirror's switch says its state in words: the theme's tick box is small.
+MIRROR_OFF = "Mirror the participant's view (M): off"
+MIRROR_ON = "Mirror the participant's view (M): ON"
 
 
 class Console:
@@ -36,6 +40,7 @@ class Console:
         self.root, self.status, self.commands, self.memory = root, status, commands, memory
         self.seen_mirror = 0
         self.state = "starting"
+        self.participant: str | None = None
         root.title(root.title())
         root.protocol("WM_DELETE_WINDOW", self.on_close)
         frame = ttk.Frame(root, padding=12)
@@ -48,25 +53,27 @@ class Console:
         self.state_label = tk.Label(frame, textvariable=self.vars["state"], font=("TkDefaultFont", 18, "bold"),
                                     fg="white", bg="#2a7a2a", padx=10, pady=4)
         self.state_label.grid(row=1, column=0, columnspan=4, sticky="ew", pady=(6, 6))
-        ttk.Label(frame, textvariable=self.vars["hint"], wraplength=640, justify="left",
-                  font=("TkDefaultFont", 11, "bold")).grid(row=2, column=0, columnspan=4, sticky="w", pady=(0, 6))
-        for row, name in enumerate(("step", "stimulus", "answer", "rates", "gaze", "validation", "note"), start=3):
-            ttk.Label(frame, textvariable=self.vars[name], wraplength=640, justify="left").grid(
-                row=row, column=0, columnspan=4, sticky="w", pady=1)
+        # the controls sit right under the state, above every line that may wrap, so they never move
         self.buttons = {}
         for column, (name, label) in enumerate((("pause", "Pause (P)"), ("resume", "Resume (R)"),
                                                 ("break", "Break now (B)"), ("abort", "Abort… (A)"))):
             button = ttk.Button(frame, text=label, command=lambda n=name: self.control(n))
-            button.grid(row=10, column=column, sticky="ew", padx=3, pady=(10, 4))
+            button.grid(row=2, column=column, sticky="ew", padx=3, pady=(0, 4))
             frame.columnconfigure(column, weight=1)
             self.buttons[name] = button
         for column, (name, label) in enumerate((("repeat_validation", "Repeat validation (V)"),
                                                 ("accept_validation", "Go on (G)")), start=0):
             button = ttk.Button(frame, text=label, command=lambda n=name: self.control(n))
-            button.grid(row=11, column=2 * column, columnspan=2, sticky="ew", padx=3, pady=(0, 4))
+            button.grid(row=3, column=2 * column, columnspan=2, sticky="ew", padx=3, pady=(0, 8))
             self.buttons[name] = button
+        ttk.Label(frame, textvariable=self.vars["hint"], wraplength=640, justify="left",
+                  font=("TkDefaultFont", 11, "bold")).grid(row=4, column=0, columnspan=4, sticky="w", pady=(0, 6))
+        for row, name in enumerate(("step", "stimulus", "answer", "rates", "gaze", "validation", "note"), start=5):
+            ttk.Label(frame, textvariable=self.vars[name], wraplength=640, justify="left").grid(
+                row=row, column=0, columnspan=4, sticky="w", pady=1)
         self.mirror_on = tk.BooleanVar(value=False)
-        ttk.Checkbutton(frame, text="Mirror the participant's view (M)", variable=self.mirror_on,
+        self.mirror_text = tk.StringVar(value=MIRROR_OFF)
+        ttk.Checkbutton(frame, textvariable=self.mirror_text, variable=self.mirror_on,
                         command=self.send_mirror).grid(row=12, column=0, columnspan=4, sticky="w", pady=4)
         self.mirror_label = ttk.Label(frame)
         self.mirror_label.grid(row=13, column=0, columnspan=4)
@@ -91,6 +98,7 @@ class Console:
 
     def send_mirror(self) -> None:
         self.commands.put({"command": "mirror", "on": bool(self.mirror_on.get())})
+        self.mirror_text.set(MIRROR_ON if self.mirror_on.get() else MIRROR_OFF)
         if not self.mirror_on.get():
             self.mirror_label.configure(image="")
             self.photo = None
@@ -132,7 +140,7 @@ class Console:
         reason.focus_set()
 
     def on_close(self) -> None:
-        if self.state in ("complete", "closing"):
+        if self.state in ("complete", "closing", "lost"):
             self.root.destroy()
             return
         if messagebox.askyesno("Stop the session?", "Closing the console stops the session. It can be resumed "
@@ -142,6 +150,12 @@ class Console:
     # -- status ------------------------------------------------------------------------------------------
 
     def poll(self) -> None:
+        if self.state == "lost":
+            return
+        session = multiprocessing.parent_process()
+        if session is not None and not session.is_alive():
+            self.show_lost()
+            return
         latest = None
         try:
             while True:
@@ -162,8 +176,25 @@ class Console:
                 self.mirror_label.configure(image=self.photo)
         self.root.after(_POLL_MS, self.poll)
 
+    def show_lost(self) -> None:
+        """The session's process ended without closing the console (killed, crashed, power): say so, and
+        leave no control that would seem to work."""
+        self.state = "lost"
+        self.root.title(f"{self.root.title()} – SESSION PROCESS LOST")
+        self.vars["state"].set("SESSION PROCESS LOST")
+        self.state_label.configure(bg="#a02020")
+        self.vars["hint"].set("The session process ended unexpectedly (killed or crashed). Every "
+                              "confirmed answer is kept: run 'panostudy session resume --participant "
+                              f"{self.participant or '…'}' (with its --db and --backend) at the terminal, then close "
+                              "this window.")
+        for button in self.buttons.values():
+            button.configure(state="disabled")
+        self.mirror_label.configure(image="")
+        self.photo = None
+
     def show(self, s: dict) -> None:
         self.state = s.get("state", self.state)
+        self.participant = s["participant"]
         self.vars["who"].set(f"Participant {s['participant']} · session {s['session_number']} of {s['session_count']} "
                              f"({s['session_name']}) · station {s.get('station') or 'unnamed'}")
         colours = {"running": "#2a7a2a", "paused": "#b07000", "break": "#2a5a9a", "asking": "#b07000",
@@ -188,6 +219,7 @@ class Console:
         self.vars["gaze"].set(s.get("gaze_text", ""))
         self.vars["validation"].set(s.get("validation_text", ""))
         self.vars["note"].set(s.get("note", ""))
+        self.buttons["resume"].configure(text="Close (R)" if self.state == "complete" else "Resume (R)")
         allowed = set(s.get("controls", ()))
         for name, button in self.buttons.items():
             button.configure(state="normal" if name in allowed else "disabled")
@@ -211,6 +243,9 @@ def main(status, commands, memory_name: str, title: str) -> None:
         return
     root.title(title)
     Console(root, status, commands, memory)
+    # at the screen's right edge: the participant's window (and a headset's mirror) open at its left
+    root.update_idletasks()
+    root.geometry(f"+{max(0, root.winfo_screenwidth() - root.winfo_reqwidth() - 16)}+16")
     try:
         root.mainloop()
     finally:

@@ -197,7 +197,7 @@ def content_for_step(step, protocol) -> PanelContent:
 def message_content(kind: str, protocol) -> PanelContent:
     """A panel the session itself shows: "ready" (after a resume or a pause), "paused" (no buttons: the
     experimenter resumes), "validation_wait" (no buttons: the experimenter decides after a "recalibrate"),
-    "stop" (Escape asks first) or "end" (the thank-you text)."""
+    "stop" (Escape asks first), "end" (the thank-you text) or "declined" (after consent was declined)."""
     captions = protocol.captions
     common = dict(countdown=captions["continue_in"], page_caption=captions["page"])
     if kind == "ready":
@@ -211,6 +211,8 @@ def message_content(kind: str, protocol) -> PanelContent:
                             actions=(("go_on", captions["go_on"]), ("stop", captions["stop"])), **common)
     if kind == "end":
         return PanelContent("end", protocol.thank_you, actions=(("finish", captions["finish"]),), **common)
+    if kind == "declined":
+        return PanelContent("declined", captions["declined"], actions=(("finish", captions["finish"]),), **common)
     raise ValueError(f"unknown message panel {kind!r}")
 
 
@@ -706,7 +708,7 @@ def panel_contents(protocol) -> list[tuple[str, PanelContent, dict[str, str]]]:
             add(f"{scale.id} {item.id}", content_for_step(step, protocol), f"scales[{i}].items[{j}].question",
                 f"scales[{i}].items[{j}].labels")
     for kind, key in (("ready", "captions.ready"), ("paused", "captions.paused"), ("stop", "captions.stop_question"),
-                      ("end", "thank_you")):
+                      ("end", "thank_you"), ("declined", "captions.declined")):
         add(kind, message_content(kind, protocol), key)
     return found
 

@@ -294,7 +294,7 @@ class SessionRunner:
 
     def _controls(self) -> tuple[str, ...]:
         return {"running": ("pause", "break", "abort"), "ready": ("pause", "abort"), "paused": ("resume", "abort"),
-                "asking": ("abort",), "complete": ("resume",), "validating": ("pause", "abort"),
+                "break": ("pause", "abort"), "asking": ("abort",), "complete": ("resume",), "validating": ("pause", "abort"),
                 "validation_result": ("repeat_validation", "accept_validation", "abort")}.get(self.mode, ("abort",))
 
     def _status(self) -> dict:
@@ -305,7 +305,10 @@ class SessionRunner:
         state_text = {"running": "", "paused": "The participant sees the paused panel. Resume (R) when they are ready.",
                       "ready": "Waiting for the participant to select Continue on the \"ready?\" panel.",
                       "asking": "Escape was pressed in the participant's window: it asks whether to stop.",
-                      "complete": "The session is complete. Resume (R) closes the participant's window.",
+                      "break": "The participant is on a break; they continue on their own when it has lasted its minimum.",
+                      "complete": ("Consent was declined: the participant sees a thank-you panel"
+                                   if engine.status == "declined" else "The session is complete")
+                                  + ". Close (R) closes the participant's window.",
                       "validating": "The participant is looking at the validation targets.",
                       "validation_result": "Recalibrate the eye tracker (the headset's eye calibration), then Repeat "
                                            "validation (V); or Go on (G) to keep this result. The participant sees a "
@@ -315,7 +318,8 @@ class SessionRunner:
             "session_count": engine.sessions_in_protocol(), "session_name": engine.spec.name, "station": self.station,
             "state": self.mode, "state_text": state_text.get(self.mode, ""),
             "step_index": self._step_progress[0] + 1, "step_count": self._step_progress[1],
-            "step_text": describe_step(step) if step is not None else "starting",
+            "step_text": (describe_step(step) if step is not None
+                          else "the thank-you panel" if self.mode == "complete" else "starting"),
             "stimulus": _short(step.stimulus_path) if step is not None and step.kind == "stimulus" else None,
             "scene": step.scene if step is not None else None,
             "stimulus_time_s": self.clock.now() - shown if shown is not None else 0.0,
@@ -676,6 +680,8 @@ class SessionRunner:
         self._step = step
         content = content_for_step(step, self.protocol)
         while True:
+            if step.kind == "break":
+                self.mode = "break"
             try:
                 result, t0, t1 = self._show(content, scripted=self._scripted_events(step))
                 break
@@ -683,6 +689,9 @@ class SessionRunner:
                 self._paused()
             except _StopAsked:
                 self._ask_stop()
+            finally:
+                if self.mode == "break":
+                    self.mode = "running"
         value = {"agree": 1, "decline": 0}.get(result.action, result.value)
         shown_at = self.clock.utc(t0)
         following = self.engine.submit(step.key, value, shown_at=shown_at, answered_at=shown_at + timedelta(seconds=t1 - t0))
@@ -738,13 +747,15 @@ class SessionRunner:
             raise _Stopped("stopped with Escape in the participant's window")
         self._record("stop_cancelled", {}, "the session goes on")
 
-    def _end(self) -> None:
+    def _end(self, kind: str = "end") -> None:
+        """The last panel, "end" (thank you) or "declined" (consent was declined), until the participant or
+        the experimenter closes it."""
         self.mode, self._finish_requested = "complete", False
         self._step = None
         scripted = ((lambda panel: [InputEvent("key", "enter")]), SCRIPTED_MESSAGE_S) if self.driver is not None else None
         while True:
             try:
-                self._show(message_content("end", self.protocol), scripted=scripted, until=lambda: self._finish_requested)
+                self._show(message_content(kind, self.protocol), scripted=scripted, until=lambda: self._finish_requested)
                 return
             except _StopAsked:
                 return   # Escape on the thank-you panel simply closes it
@@ -768,6 +779,7 @@ class SessionRunner:
             # one grey frame first, so the first panel knows where the head is
             self._frame(Frame(stimulus=None, fade=1.0, head=self.head if self.scripted_head else None))
             if self.resumed and step.kind != "done" and self.engine.progress()[0] > 0:
+                self._step_progress = self.engine.progress()
                 self._ready()
             while step.kind != "done":
                 self._step, self._step_progress = step, self.engine.progress()
@@ -782,6 +794,8 @@ class SessionRunner:
                     on_step(step)
             if self.engine.status == "completed":
                 self._end()
+            elif self.engine.status == "declined":
+                self._end("declined")
         except _Stopped as stop:
             reason = stop.reason
             if stop.withdrawn and self.engine.status not in ("completed", "withdrawn", "declined"):

@@ -206,3 +206,33 @@ def _console_commands(db: Path) -> list[dict]:
                 sa.text("select detail from event where kind = 'console' order by id")).scalars()]
     finally:
         engine.dispose()
+
+
+LOST_SESSION = """
+import os, sys, time
+from viewer.console_link import ConsoleLink
+
+link = ConsoleLink(title="lost-session console")
+link.start()
+print(link._process.pid, flush=True)
+time.sleep(float(sys.argv[1]))
+os._exit(9)          # as a kill -9: no goodbye to the console
+"""
+
+
+def test_the_console_of_a_session_process_that_died_says_so_and_closes_at_once(display):
+    if shutil.which("xdotool") is None:
+        pytest.skip("xdotool is not installed (apt-get install xdotool)")
+    pytest.importorskip("tkinter")
+    session = subprocess.Popen([sys.executable, "-c", LOST_SESSION, "8"], env=display, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    console_pid = int(session.stdout.readline())
+    assert session.wait(60) == 9
+    try:
+        lost = _wait_for(lambda: _window(display, "SESSION PROCESS LOST"), 60, "the lost banner")
+        # closing it asks nothing: there is no session left to stop
+        subprocess.run(["xdotool", "windowclose", lost], env=display, check=False)
+        _wait_for(lambda: not os.path.exists(f"/proc/{console_pid}"), 20, "the console's end")
+    finally:
+        if os.path.exists(f"/proc/{console_pid}"):
+            os.kill(console_pid, 9)

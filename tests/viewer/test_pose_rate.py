@@ -232,3 +232,95 @@ def test_sampling_runs_in_its_own_thread_named_for_it():
     assert "pose-sampler" in [t.name for t in threading.enumerate()]
     sampler.stop()
     assert "pose-sampler" not in [t.name for t in threading.enumerate()]
+
+
+def _console_run(db, plan, *, resumed=False):
+    """Runs P01's session (or resumes it) with a stand-in console following ``plan``; returns the console."""
+    from viewer import session_runner
+
+    engine = SessionEngine.resume(db, "P01") if resumed else SessionEngine.start(db, "P01")
+    console = _Console(plan)
+
+    def commands():
+        if console.plan and console.statuses and console.plan[0][0](console.statuses[-1]):
+            return [console.plan.pop(0)[1]]
+        return []
+
+    console.commands = commands
+    backend = HeadlessBackend(16, 16)
+    runner = session_runner.SessionRunner(engine, backend, driver=ScriptedDriver(RaterModel(1), motion_seed=1),
+                                          frame_hz=20.0, preload=2, console=console, resumed=resumed)
+    with backend:
+        runner.run()
+    return console
+
+
+def test_a_break_shows_as_a_break_at_the_desk_and_break_now_is_not_offered_during_it(quick_study):
+    plan = [(lambda s: s["stimulus"] and s["stimulus_time_s"] > 0.3 and "trial 1" in s["step_text"], {"command": "break"})]
+    console = _console_run(quick_study, plan)
+    assert not console.plan
+    during = [s for s in console.statuses if s["state"] == "break"]
+    assert during and all("break" not in s["controls"] and "pause" in s["controls"] for s in during)
+    assert all("break" in s["step_text"] for s in during)
+    assert _kinds(quick_study).count("break_requested") == 1
+    # the end: the thank-you panel, closed with Close (R)
+    end = console.statuses[-1]
+    assert end["state"] == "complete" and end["step_text"] == "the thank-you panel" and end["controls"] == ("resume",)
+    assert "Close (R)" in end["state_text"]
+
+
+def test_the_ready_panel_of_a_resumed_session_shows_the_step_it_continues_at(quick_study):
+    _console_run(quick_study, [(lambda s: "question" in s["step_text"] and "trial 1" in s["step_text"],
+                                {"command": "abort", "reason": "fire alarm", "outcome": "resumable"})])
+    done, total = SessionEngine.load(quick_study, "P01").progress()
+    console = _console_run(quick_study, [], resumed=True)
+    ready = next(s for s in console.statuses if s["state"] == "ready")
+    assert (ready["step_index"], ready["step_count"]) == (done + 1, total)
+
+
+def test_break_now_pressed_during_a_break_is_ignored(quick_study):
+    from viewer import session_runner
+
+    engine = SessionEngine.start(quick_study, "P01")
+    runner = session_runner.SessionRunner(engine, HeadlessBackend(16, 16), driver=None, frame_hz=20.0, preload=1)
+    runner.mode = "break"
+    runner._command({"command": "break"})
+    assert "break_requested" not in _kinds(quick_study) and runner._note == ""
+    runner.mode = "running"
+    runner._command({"command": "break"})
+    assert _kinds(quick_study).count("break_requested") == 1
+
+
+def test_a_declined_consent_ends_on_a_thank_you_panel_of_its_own(tmp_path, monkeypatch):
+    from _studykit import protocol_toml, write_panorama, write_stimuli
+
+    from study.engine import DECLINE
+    from study.store import add_participant, create_study, import_stimuli
+    from viewer import session_runner
+    from viewer.panel import message_content
+
+    write_panorama(tmp_path / "train.png", seed=99)
+    protocol = tmp_path / "consent.toml"
+    protocol.write_text(protocol_toml().replace('instructions = "Look around',
+                                                'consent = "Do you agree?"\ninstructions = "Look around'), encoding="utf-8")
+    db = create_study(tmp_path / "study.sqlite", protocol)
+    import_stimuli(db, write_stimuli(tmp_path / "stimuli"))
+    add_participant(db, "P01")
+    shown = []
+    real_show = session_runner.SessionRunner._show
+
+    def show(self, content, **options):
+        shown.append(content.kind)
+        return real_show(self, content, **options)
+
+    monkeypatch.setattr(session_runner.SessionRunner, "_show", show)
+    console = _Console([])
+    runner = session_runner.SessionRunner(SessionEngine.start(db, "P01"), HeadlessBackend(16, 16),
+                                          driver=ScriptedDriver(RaterModel(1), consent=DECLINE), frame_hz=20.0,
+                                          preload=1, console=console)
+    with runner.backend:
+        summary = runner.run()
+    db.close()
+    assert summary.status == "declined" and shown == ["consent", "declined"]
+    assert "Consent was declined" in console.statuses[-1]["state_text"]
+    assert message_content("declined", db.protocol).text.startswith("Thank you. You chose not to take part")

@@ -517,9 +517,9 @@ CASES += [
     # -- export and analysis options ------------------------------------------------------------------------------
     Case("export-flags-to-folder", (*EXPORT, "--out", "{tmp}/a.csv", "--flags", "{stimuli}"), ("--flags", "is a folder")),
     Case("export-flags-with-package", (*EXPORT, "--out", "{tmp}/package", "--flags", "{tmp}/f.csv"),
-         ("--ssq, --poses and --flags name files for a single-file export",)),
+         ("--ssq, --poses, --flags and --gaze name files for a single-file export",)),
     Case("export-flags-same-as-out", (*EXPORT, "--out", "{tmp}/a.csv", "--flags", "{tmp}/a.csv"), ("--flags", "the same file as --out")),
-    Case("export-spss-with-file", (*EXPORT, "--out", "{tmp}/a.csv", "--spss"), ("--parquet, --spss, --xlsx and --no-poses go with a package",)),
+    Case("export-spss-with-file", (*EXPORT, "--out", "{tmp}/a.csv", "--spss"), ("--parquet, --spss, --xlsx, --no-poses and --no-gaze go with a package",)),
     Case("export-xlsx-with-file", (*EXPORT, "--out", "{tmp}/a.csv", "--xlsx"), ("go with a package folder",)),
     Case("export-parquet-with-file", (*EXPORT, "--out", "{tmp}/a.csv", "--parquet"), ("go with a package folder",)),
     Case("export-no-poses-with-file", (*EXPORT, "--out", "{tmp}/a.csv", "--no-poses"), ("go with a package folder",)),

@@ -8,6 +8,7 @@ commands only, so ``panostudy --help`` stays light. Options left at their defaul
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -83,6 +84,10 @@ def _check_refine_options(sr_base: str | None, sr_control: str | None) -> None:
 def _completion_overrides(panorama_size, steps, guidance, prompt_prefix, blend=None, wrap_decode=None) -> dict:
     """PanoramaSettings fields the user gave (None: keep the preset's)."""
     from generator.upscale import parse_size
+
+    if guidance is not None and not 0 <= guidance < math.inf:
+        raise PanostudyError(f"--guidance {guidance:g}: give a finite classifier-free guidance scale of 0 or more, "
+                             "e.g. 7 (or leave it out for the preset's)")
 
     width, height = parse_size(panorama_size, "--panorama-size") if panorama_size else (None, None)
     return dict(width=width, height=height, steps=steps, guidance_scale=guidance, prompt_prefix=prompt_prefix,

@@ -46,7 +46,7 @@ def test_a_press_clicks_once_per_hand_and_only_with_a_laser():
 
 
 def test_the_loader_s_stderr_is_captured_not_printed(capfd):
-    from viewer.backends.openxr import captured_stderr
+    from viewer.backends.headset import captured_stderr
 
     with captured_stderr() as log:
         os.write(2, b"Error [GENERAL | xrCreateInstance | OpenXR-Loader] : no runtime\n")

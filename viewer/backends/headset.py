@@ -18,6 +18,11 @@ Each backend file keeps only what its VR API needs (session, swapchains or submi
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+
 import numpy as np
 
 from study.errors import BackendUnavailable
@@ -118,3 +123,28 @@ class HeadsetBackend(Backend):
             glfw.destroy_window(self._window)
             glfw.terminate()
             self._window = None
+
+
+@contextlib.contextmanager
+def captured_stderr():
+    """Collects what C code writes to file descriptor 2 (the OpenXR loader and libopenvr log their errors there).
+
+    Yields a list that holds the captured text once the block has finished, so a failed probe ends in
+    one line of ours, not the loader's dozen.
+    """
+    captured: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield captured
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode("utf-8", "replace"))

@@ -22,8 +22,7 @@ import numpy as np
 
 from study.errors import BackendUnavailable
 from viewer.backends.base import Frame, FrameInput, HeadSample, InputEvent
-from viewer.backends.headset import HeadsetBackend, PressEdge, laser_ray
-from viewer.backends.openxr import captured_stderr
+from viewer.backends.headset import HeadsetBackend, PressEdge, captured_stderr, laser_ray
 from viewer.camera import eye_pose, pose_matrix, tangents_from_projection_raw
 from viewer.renderer import GREY_SRGB, EyeView, finish
 

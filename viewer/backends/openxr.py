@@ -29,7 +29,6 @@ import ctypes
 import dataclasses
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from scipy.spatial.transform import Rotation
 
 from study.errors import BackendUnavailable
 from viewer.backends.base import Frame, FrameInput, HeadSample, InputEvent
-from viewer.backends.headset import HeadsetBackend, PressEdge, laser_ray
+from viewer.backends.headset import HeadsetBackend, PressEdge, captured_stderr, laser_ray
 from viewer.camera import tangents_from_fov
 from viewer.gaze import GazeReading, GazeSampler, GazeShowing, GazeSource
 from viewer.renderer import EyeView
@@ -73,31 +72,6 @@ def result_name(error: Exception) -> str:
     """``XR_ERROR_...`` of a pyopenxr exception, else its class name."""
     result = getattr(error, "get_result_enum", lambda: None)()
     return f"XR_{result.name}" if result is not None else type(error).__name__
-
-
-@contextlib.contextmanager
-def captured_stderr():
-    """Collects what C code writes to file descriptor 2 (the OpenXR loader logs its errors there).
-
-    Yields a list that holds the captured text once the block has finished, so a failed probe ends in
-    one line of ours, not the loader's dozen.
-    """
-    captured: list[str] = []
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield captured
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            captured.append(sink.read().decode("utf-8", "replace"))
 
 
 def _no_runtime_reason() -> str:

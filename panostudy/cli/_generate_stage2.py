@@ -76,9 +76,16 @@ SEAM_MEANING = (
 )
 
 
-def _check_refine_options(sr_base: str | None, sr_control: str | None) -> None:
+def _check_refine_options(sr_base: str | None, sr_control: str | None, sr_tile: int,
+                          refine_strength: float | None) -> None:
+    """The super-resolution options, checked before any model loads (they are used only at the chain's end)."""
     if (sr_base is None) != (sr_control is None):
         raise PanostudyError("--sr-base and --sr-control: give both (Diffusion360's sr-base and sr-control) or neither")
+    if sr_tile < 8:
+        raise PanostudyError(f"--sr-tile {sr_tile}: a tile needs at least 8 input pixels; 256 is the default")
+    if refine_strength is not None and not 0 <= refine_strength <= 1:
+        raise PanostudyError(f"--refine-strength {refine_strength:g}: give a strength in 0..1 (0.8 for Diffusion360's "
+                             "sr-base, 0.3 for panostudy's), or leave it out for the preset's")
 
 
 def _completion_overrides(panorama_size, steps, guidance, prompt_prefix, blend=None, wrap_decode=None) -> dict:
@@ -186,7 +193,7 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
 
         from panostudy.cli._console import console, err_console
 
-        _check_refine_options(sr_base, sr_control)
+        _check_refine_options(sr_base, sr_control, sr_tile, refine_strength)
         if not image.is_file():
             raise StimulusError(f"{image}: no such image file")
         if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
@@ -319,7 +326,7 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         from panostudy.cli._console import err_console
         from panostudy.cli._progress import GenerationProgress
 
-        _check_refine_options(sr_base, sr_control)
+        _check_refine_options(sr_base, sr_control, sr_tile, refine_strength)
         if mask_fit is not None and mask_fit not in MASK_FITS:
             raise PanostudyError(f"--mask-fit {mask_fit}: use one of {', '.join(MASK_FITS)}")
         if guide_tokens not in GUIDE_TOKENS:

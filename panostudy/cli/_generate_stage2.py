@@ -327,6 +327,13 @@ def add_stage2_commands(generate_app: typer.Typer) -> None:
         from panostudy.cli._progress import GenerationProgress
 
         _check_refine_options(sr_base, sr_control, sr_tile, refine_strength)
+        if stage1_size is not None and not (stage1_size >= 8 and stage1_size % 8 == 0):
+            raise PanostudyError(f"--stage1-size {stage1_size}: the stage-1 height must be a positive multiple of 8, "
+                                 "e.g. 512")
+        if stage1_steps is not None and stage1_steps < 1:
+            raise PanostudyError(f"--stage1-steps {stage1_steps}: give at least 1 denoising step, e.g. 50")
+        if world_size is not None and world_size < 1:
+            raise PanostudyError(f"--world-size {world_size}: give the number of processes, 1 or more")
         if mask_fit is not None and mask_fit not in MASK_FITS:
             raise PanostudyError(f"--mask-fit {mask_fit}: use one of {', '.join(MASK_FITS)}")
         if guide_tokens not in GUIDE_TOKENS:

@@ -125,3 +125,12 @@ def study_db(tmp_path, db_target):
     db = make_study(tmp_path, db=db_target(tmp_path))
     yield db
     db.close()
+
+
+def write_consent_protocol(folder: Path) -> Path:
+    """The test protocol with a consent step first (its training panorama written beside it)."""
+    write_panorama(folder / "train.png", seed=99)
+    protocol = folder / "consent.toml"
+    protocol.write_text(protocol_toml().replace('instructions = "Look around',
+                                                'consent = "Do you agree?"\ninstructions = "Look around'), encoding="utf-8")
+    return protocol

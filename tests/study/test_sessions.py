@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from _studykit import at, protocol_toml, write_panorama, write_stimuli
+from _studykit import at, protocol_toml, write_consent_protocol, write_panorama, write_stimuli
 
 from study.driver import RaterModel, ScriptedDriver
 from study.engine import AGREE, DECLINE, SessionEngine
@@ -157,11 +157,7 @@ def test_the_latin_square_is_balanced_in_each_session_and_over_the_study(tmp_pat
 
 def test_consent_declined_keeps_nothing_but_that(tmp_path):
     folder = tmp_path
-    write_panorama(folder / "train.png", seed=99)
-    protocol = folder / "consent.toml"
-    protocol.write_text(protocol_toml().replace('instructions = "Look around',
-                                                'consent = "Do you agree?"\ninstructions = "Look around'), encoding="utf-8")
-    db = create_study(folder / "study.sqlite", protocol)
+    db = create_study(folder / "study.sqlite", write_consent_protocol(folder))
     import_stimuli(db, write_stimuli(folder / "stimuli"))
     add_participant(db, "P01", age=30, gender="female")
     add_participant(db, "P02", age=41)

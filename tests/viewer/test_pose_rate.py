@@ -292,18 +292,14 @@ def test_break_now_pressed_during_a_break_is_ignored(quick_study):
 
 
 def test_a_declined_consent_ends_on_a_thank_you_panel_of_its_own(tmp_path, monkeypatch):
-    from _studykit import protocol_toml, write_panorama, write_stimuli
+    from _studykit import write_consent_protocol, write_stimuli
 
     from study.engine import DECLINE
     from study.store import add_participant, create_study, import_stimuli
     from viewer import session_runner
     from viewer.panel import message_content
 
-    write_panorama(tmp_path / "train.png", seed=99)
-    protocol = tmp_path / "consent.toml"
-    protocol.write_text(protocol_toml().replace('instructions = "Look around',
-                                                'consent = "Do you agree?"\ninstructions = "Look around'), encoding="utf-8")
-    db = create_study(tmp_path / "study.sqlite", protocol)
+    db = create_study(tmp_path / "study.sqlite", write_consent_protocol(tmp_path))
     import_stimuli(db, write_stimuli(tmp_path / "stimuli"))
     add_participant(db, "P01")
     shown = []
